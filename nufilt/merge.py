@@ -1,0 +1,178 @@
+"""Continual merging: a stateful `Merger` (one task at a time) and the `continual_merge` generator.
+
+The merger holds the pre-trained state (by reference, never modified), the current merged state
+and O(1) statistics, whatever the number of tasks. Each `add` validates the task model, runs one
+step of the method, checks the result is finite ("safe merge") and only then commits it, so a
+rejected task loses nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .methods import COMMON_OPTIONS, get_method
+from .methods.base import StepContext, build_options
+from .statedict import (
+    StateDict,
+    check_compatible,
+    check_finite,
+    check_state,
+    select_keys,
+    squared_norm,
+)
+
+
+@dataclass
+class StepReport:
+    """What one `add` did: step index, wall time, global norms and method diagnostics."""
+
+    step: int
+    seconds: float
+    task_norm: float  # ‖τt‖ over all floating parameters
+    merged_norm: float  # ‖τ̄t‖ over all floating parameters
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> CUDA when present, else CPU; an explicit CUDA request without CUDA is an error."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {device!r}: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    return resolved
+
+
+def _fingerprint(state: StateDict) -> tuple[float, str]:
+    """A content fingerprint of a model, to catch a task added twice (or the pre-trained model).
+
+    The float64 sum of squares of all floating entries plus a hash of a strided sample of every
+    tensor's bytes: equal models always match; different fine-tuned models practically never.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for key in state:
+        flat = state[key].detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 4096)].contiguous().cpu()
+        digest.update(sample.view(torch.uint8).numpy().tobytes())
+    return squared_norm(state[k] for k in state if state[k].is_floating_point()), digest.hexdigest()
+
+
+class Merger:
+    """Merge task models into one, one at a time, with a registered method."""
+
+    def __init__(self, method: str, pretrained: StateDict, **options: Any) -> None:
+        method_cls = get_method(method)
+        common = {k: options.pop(k) for k in COMMON_OPTIONS if k in options}
+        self.method = method_cls(build_options(method_cls.Options, method, options))
+        check_state(pretrained, "pretrained")
+        check_finite(pretrained, "pretrained")
+        self.name = method
+        self.pretrained = pretrained
+        self.layers = common.get("layers", "paper")
+        self.selected = select_keys(pretrained, self.layers, method_cls.paper_layers, method_cls.matrix_rule)
+        self.device = resolve_device(common.get("device", "auto"))
+        seed = common.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an integer, got {seed!r}")
+        self.seed = seed
+        self.allow_duplicates = bool(common.get("allow_duplicates", False))
+        self.step = 0
+        self.merged: dict[str, torch.Tensor] | None = None
+        self.report: StepReport | None = None
+        self._fingerprints: dict[tuple[float, str], int] = {_fingerprint(pretrained): 0}
+
+    def add(self, task: StateDict) -> dict[str, torch.Tensor]:
+        """Merge one more task model; returns θ̄t as a new dict (CPU, pre-trained dtypes)."""
+        name = f"task {self.step + 1}"
+        check_compatible(self.pretrained, task, name)
+        check_finite(task, name)
+        fingerprint = _fingerprint(task)
+        if fingerprint in self._fingerprints and not self.allow_duplicates:
+            seen = self._fingerprints[fingerprint]
+            what = "the pre-trained model" if seen == 0 else f"task {seen}"
+            raise ValueError(
+                f"{name} has exactly the weights of {what}; each task must be merged once "
+                "(pass allow_duplicates=True to merge it anyway)"
+            )
+        start = time.perf_counter()
+        ctx = StepContext(
+            step=self.step + 1,
+            pretrained=self.pretrained,
+            merged=self.merged if self.merged is not None else self.pretrained,
+            task=task,
+            selected=self.selected,
+            device=self.device,
+            seed=self.seed,
+        )
+        saved_state = copy.deepcopy({k: v for k, v in vars(self.method).items() if k != "options"})
+        try:
+            with torch.no_grad():
+                merged = self.method.step(ctx)
+            check_finite(merged, f"merged result of {name}")
+        except BaseException:
+            vars(self.method).update(saved_state)  # roll back O(1) method statistics
+            raise
+        keys = list(self.pretrained)
+        if list(merged) != keys:
+            raise RuntimeError(f"method {self.name!r} returned keys that differ from the pre-trained model")
+        self.merged = merged
+        self.step += 1
+        self._fingerprints[fingerprint] = self.step
+        self.report = StepReport(
+            step=self.step,
+            seconds=time.perf_counter() - start,
+            task_norm=squared_norm(_vectors(task, self.pretrained)) ** 0.5,
+            merged_norm=squared_norm(_vectors(merged, self.pretrained)) ** 0.5,
+            info=ctx.info,
+        )
+        return dict(merged)
+
+
+def _vectors(state: StateDict, pretrained: StateDict) -> Iterator[torch.Tensor]:
+    for key in pretrained:
+        if pretrained[key].is_floating_point():
+            yield state[key].float() - pretrained[key].float()
+
+
+def make_merger(method: str, pretrained: StateDict, **options: Any) -> Merger:
+    """A `Merger` for `method`; validates the method, its options and the pre-trained state."""
+    return Merger(method, pretrained, **options)
+
+
+def continual_merge(
+    pretrained: StateDict, finetuned: Iterable[StateDict], method: str, **options: Any
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield the merged state after each task of `finetuned` (an iterable of state dicts).
+
+    The method, options and pre-trained state are validated immediately; an empty task list
+    raises ValueError (immediately for sized inputs, on exhaustion for iterators).
+    """
+    if isinstance(finetuned, Mapping):
+        raise TypeError("finetuned must be an iterable of state dicts, not a single state dict")
+    if isinstance(finetuned, Sequence) and len(finetuned) == 0:
+        raise ValueError("the task list is empty: nothing to merge")
+    merger = make_merger(method, pretrained, **options)
+
+    def steps() -> Iterator[dict[str, torch.Tensor]]:
+        count = 0
+        for task in finetuned:
+            count += 1
+            yield merger.add(task)
+        if count == 0:
+            raise ValueError("the task list is empty: nothing to merge")
+
+    return steps()

@@ -1,0 +1,149 @@
+"""The interface every merge method implements, and the option checks they share.
+
+A method sees one step at a time: the pre-trained state θ0, the previous merged state θ̄_{t−1}
+(θ0 at the first step) and the new task model θt, and returns θ̄t. It may keep O(1) scalars
+between steps (counts, norms) but never a copy of a model.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+@dataclass
+class StepContext:
+    """Everything a method may read at step `step` (1-based), plus a dict for diagnostics."""
+
+    step: int
+    pretrained: StateDict
+    merged: StateDict  # θ̄_{t−1}; the pre-trained state itself when step == 1
+    task: StateDict
+    selected: frozenset[str]  # keys that get the method's own rule
+    device: torch.device
+    seed: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, state: StateDict, key: str) -> torch.Tensor:
+        """A tensor as float32 on the compute device (a new tensor; the input is untouched)."""
+        return state[key].to(device=self.device, dtype=torch.float32, copy=True)
+
+    def task_vector(self, key: str) -> torch.Tensor:
+        """τt = θt − θ0 for one key."""
+        return self.load(self.task, key) - self.load(self.pretrained, key)
+
+    def merged_vector(self, key: str) -> torch.Tensor:
+        """τ̄_{t−1} = θ̄_{t−1} − θ0 for one key."""
+        return self.load(self.merged, key) - self.load(self.pretrained, key)
+
+    def output(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        """Bring a computed float32 tensor back to the pre-trained dtype on the CPU."""
+        return value.detach().to(device="cpu", dtype=self.pretrained[key].dtype)
+
+    def floating_keys(self) -> list[str]:
+        return [k for k in self.pretrained if self.pretrained[k].is_floating_point()]
+
+
+class MergeMethod(ABC):
+    """One continual merge rule. Subclasses set `name`, `Options` and implement `step`."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type]
+    # The method's published layer setting: a preset name or a tuple of globs.
+    paper_layers: ClassVar[str | tuple[str, ...]] = "all"
+    # True when the rule needs 2-D matrices (SVD or matrix products) on selected keys.
+    matrix_rule: ClassVar[bool] = False
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    @abstractmethod
+    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Return θ̄t as a new dict over all keys of θ0 (CPU tensors in θ0's dtypes)."""
+
+    @classmethod
+    def paper_options(cls, n_tasks: int) -> dict[str, Any]:
+        """Table 9 settings for a task count (those that differ from the Options defaults)."""
+        return {}
+
+
+def elementwise_step(
+    ctx: StepContext,
+    rule: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    other: Callable[[str], torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Apply `rule(key, θ0, θ̄_{t−1}, θt) -> θ̄t` to selected keys.
+
+    Unselected floating keys get `other(key)` (default: keep θ0); non-floating tensors (integer
+    buffers) always keep θ0.
+    """
+    merged: dict[str, torch.Tensor] = {}
+    for key in ctx.pretrained:
+        if key in ctx.selected:
+            value = rule(key, ctx.load(ctx.pretrained, key), ctx.load(ctx.merged, key), ctx.load(ctx.task, key))
+            merged[key] = ctx.output(key, value)
+        elif other is not None and ctx.pretrained[key].is_floating_point():
+            merged[key] = ctx.output(key, other(key))
+        else:
+            merged[key] = ctx.pretrained[key].detach().clone()
+    return merged
+
+
+def build_options(options_cls: type, method: str, values: Mapping[str, Any]) -> Any:
+    """Instantiate an Options dataclass, naming unknown options and the valid ones."""
+    valid = [f.name for f in fields(options_cls)]
+    unknown = [k for k in values if k not in valid]
+    if unknown:
+        raise ValueError(
+            f"unknown option {unknown[0]!r} for method {method!r}; valid options: "
+            f"{', '.join(valid + list(COMMON_OPTIONS))}"
+        )
+    return options_cls(**values)
+
+
+# Options every method accepts (handled by the Merger, not by the method itself).
+COMMON_OPTIONS = ("layers", "device", "seed", "allow_duplicates")
+
+
+def check_rank(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def check_number(name: str, value: Any, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def group_by_shape(state: StateDict, keys: Sequence[str]) -> dict[tuple[int, ...], list[str]]:
+    """Selected keys grouped by shape (state order kept), for batched matrix work."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for key in keys:
+        groups.setdefault(tuple(state[key].shape), []).append(key)
+    return groups
+
+
+def chunks(keys: Sequence[str], shape: Sequence[int], budget: int = 1 << 26) -> list[list[str]]:
+    """Split a same-shape group so that one stacked tensor holds at most `budget` elements."""
+    per_matrix = max(math.prod(shape), 1)
+    size = max(budget // per_matrix, 1)
+    return [list(keys[i : i + size]) for i in range(0, len(keys), size)]

@@ -1,0 +1,92 @@
+"""OPCM (Tang et al. 2025; paper Sec. 3.2 ❸): orthogonal projection + adaptive norm scaling.
+
+Keeps the unscaled sum S_t = S_{t−1} + τt' and sets θ̄t = θ0 + S_t · mean_i‖τi‖ / ‖S_t‖ (norms over
+all floating parameters). For a selected weight, τt' removes from τt the diagonal and the top-left
+k×k block of C = Uᵀ τt V, where U S Vᵀ is the SVD of S_{t−1} and k the first index at which
+cumsum(S)/sum(S) > α. S_{t−1} is recovered from θ̄_{t−1} with two scalars, so no model is stored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .base import MergeMethod, StepContext, check_number
+
+
+def split_rank(singular_values: torch.Tensor, alpha: float) -> int:
+    """First (0-based) index where the cumulative share of singular values exceeds α."""
+    total = singular_values.sum()
+    if total <= 0:
+        return 0
+    above = (singular_values.cumsum(0) / total) > alpha
+    return int(above.float().argmax()) if bool(above.any()) else singular_values.numel()
+
+
+def project_out(previous: torch.Tensor, task_vector: torch.Tensor, alpha: float) -> torch.Tensor:
+    """τ' = U C' Vᵀ with C = Uᵀ τ V, C' = C minus its diagonal and its top-left k×k block.
+
+    Equivalent to the full-SVD formula but with a thin SVD: the removed parts only involve the
+    first min(d_out, d_in) singular pairs, everything else of τ is kept as is.
+    """
+    if not bool(previous.any()):
+        return task_vector.clone()  # nothing merged yet on this weight: nothing to protect
+    u, s, vh = torch.linalg.svd(previous, full_matrices=False)
+    k = split_rank(s, alpha)
+    coefficients = u.mT @ task_vector @ vh.mT  # (m, m), m = min(d_out, d_in)
+    removed = torch.diag_embed(torch.diagonal(coefficients))
+    block = coefficients[:k, :k] - torch.diag_embed(torch.diagonal(coefficients[:k, :k]))
+    removed[:k, :k] += block
+    return task_vector - u @ removed @ vh
+
+
+@dataclass
+class OpcmOptions:
+    alpha: float = 0.5  # share of the previous spectrum whose top-left block is protected
+
+    def __post_init__(self) -> None:
+        check_number("alpha", self.alpha, low=0.0, high=1.0)
+
+
+class Opcm(MergeMethod):
+    name = "opcm"
+    Options = OpcmOptions
+    paper_layers = "all-linear"
+    matrix_rule = True
+
+    def __init__(self, options: OpcmOptions) -> None:
+        super().__init__(options)
+        self.sum_norm = 0.0  # ‖S_{t−1}‖
+        self.norm_total = 0.0  # Σ_i ‖τi‖ over merged tasks
+
+    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        keys = ctx.floating_keys()
+        # S_{t−1} = τ̄_{t−1} · ‖S_{t−1}‖ / mean_{i<t}‖τi‖  (scaling keeps bases and k unchanged)
+        unscale = self.sum_norm / (self.norm_total / (ctx.step - 1)) if ctx.step > 1 else 0.0
+        sums: dict[str, torch.Tensor] = {}
+        sum_sq = task_sq = 0.0
+        for key in keys:
+            task_vector = ctx.task_vector(key)
+            previous = ctx.merged_vector(key) * unscale
+            if key in ctx.selected and ctx.step > 1:
+                update = project_out(previous, task_vector, self.options.alpha)
+            else:
+                update = task_vector
+            total = previous + update
+            sum_sq += float(total.double().pow(2).sum())
+            task_sq += float(task_vector.double().pow(2).sum())
+            sums[key] = total
+        self.norm_total += math.sqrt(task_sq)
+        self.sum_norm = math.sqrt(sum_sq)
+        mean_norm = self.norm_total / ctx.step
+        factor = mean_norm / self.sum_norm if self.sum_norm > 0 else 0.0
+        ctx.info.update(sum_norm=self.sum_norm, mean_task_norm=mean_norm, scale=factor)
+        merged = {}
+        for key in ctx.pretrained:
+            if key in sums:
+                merged[key] = ctx.output(key, ctx.load(ctx.pretrained, key) + sums.pop(key) * factor)
+            else:
+                merged[key] = ctx.pretrained[key].detach().clone()
+        return merged

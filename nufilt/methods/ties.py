@@ -1,0 +1,78 @@
+"""TIES-merging, continual form (App. B.3): θ̄t = θ̄_{t−1} + λ · TIES(τ̄_{t−1}, τt).
+
+TIES (Yadav et al. 2023): trim each vector to its top-k% magnitudes over the whole selected
+model, elect a sign per entry from the sum of the trimmed values, and average the trimmed entries
+that agree with it ("disjoint mean"). τ̄_{t−1} = θ̄_{t−1} − θ0 is the previous merged task vector.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .base import MergeMethod, StepContext, check_number, elementwise_step
+from .task_arithmetic import scale_for
+
+
+def magnitude_threshold(vectors: Iterable[torch.Tensor], top_k: float) -> float:
+    """The smallest magnitude kept when keeping the top `top_k` percent of all entries."""
+    flat = torch.cat([v.abs().flatten() for v in vectors])
+    n_keep = math.ceil(flat.numel() * top_k / 100.0)
+    if n_keep == 0:
+        return math.inf
+    return float(flat.kthvalue(flat.numel() - n_keep + 1).values)
+
+
+def trim(vector: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Zero the entries below `threshold` in magnitude."""
+    return torch.where(vector.abs() >= threshold, vector, torch.zeros_like(vector))
+
+
+def elect_and_merge(trimmed: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sign election from the summed trimmed vectors, then the mean of agreeing non-zero entries."""
+    stacked = torch.stack(list(trimmed))  # (n, ...)
+    # elect sign
+    elected = torch.sign(stacked.sum(dim=0))
+    # disjoint merge
+    agree = (torch.sign(stacked) == elected) & (stacked != 0)
+    total = (stacked * agree).sum(dim=0)
+    count = agree.sum(dim=0).clamp_min(1)
+    return total / count
+
+
+@dataclass
+class TiesOptions:
+    scale: float = 0.3  # λ; Table 9 uses 0.3 for 8 tasks and 0.1 for 14/20
+    top_k: float = 20.0  # percent of entries kept per vector, over the whole selected model
+
+    def __post_init__(self) -> None:
+        check_number("scale", self.scale)
+        check_number("top_k", self.top_k, low=0.0, high=100.0, low_open=True)
+
+
+class Ties(MergeMethod):
+    name = "ties"
+    Options = TiesOptions
+    paper_layers = "all"
+
+    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        keys = [k for k in ctx.pretrained if k in ctx.selected]
+        top_k = self.options.top_k
+        merged_threshold = magnitude_threshold((ctx.merged_vector(k) for k in keys), top_k)
+        task_threshold = magnitude_threshold((ctx.task_vector(k) for k in keys), top_k)
+        scale = self.options.scale
+
+        def combine(key: str, base: torch.Tensor, merged: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+            update = elect_and_merge(
+                [trim(merged - base, merged_threshold), trim(task - base, task_threshold)]
+            )
+            return merged + scale * update
+
+        return elementwise_step(ctx, combine)
+
+    @classmethod
+    def paper_options(cls, n_tasks: int) -> dict:
+        return {"scale": scale_for(n_tasks)}

@@ -1,0 +1,157 @@
+"""State-dict checks, layer selection and small arithmetic helpers shared by every merge method.
+
+A state dict here is any `Mapping[str, Tensor]`: a plain dict or a lazy, memory-mapped mapping.
+Nothing in this module mutates its inputs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+
+StateDict = Mapping[str, torch.Tensor]
+
+# Each method's published layer setting for NUFILT (ALGORITHMS.md "Selected layers"): attention
+# projections and the first MLP linear of CLIP (transformers), the attention and feed-forward
+# linears of T5, and the fused attention + first MLP linear of open_clip.
+PAPER_NUFILT_PATTERNS: tuple[str, ...] = (
+    "*self_attn.q_proj.weight",
+    "*self_attn.k_proj.weight",
+    "*self_attn.v_proj.weight",
+    "*self_attn.out_proj.weight",
+    "*mlp.fc1.weight",
+    "*SelfAttention.[qkvo].weight",
+    "*EncDecAttention.[qkvo].weight",
+    "*DenseReluDense.w*.weight",
+    "*attn.in_proj_weight",
+    "*attn.out_proj.weight",
+    "*mlp.c_fc.weight",
+)
+
+# Key fragments of 2-D tensors that are lookup tables, not linear maps.
+_NON_LINEAR_2D = ("embed", "shared.weight", "position", "token_type", "class_embedding")
+
+LAYER_PRESETS = ("paper", "all-linear", "all")
+
+
+def is_linear_weight(key: str, tensor: torch.Tensor) -> bool:
+    """A 2-D floating weight of a linear map (embeddings and position tables excluded)."""
+    if tensor.ndim != 2 or not tensor.is_floating_point():
+        return False
+    if not (key.endswith("weight") or key.endswith("in_proj_weight")):
+        return False
+    return not any(fragment in key for fragment in _NON_LINEAR_2D)
+
+
+def select_keys(
+    state: StateDict,
+    layers: str | Sequence[str],
+    paper_preset: str | Sequence[str],
+    matrix_rule: bool,
+) -> frozenset[str]:
+    """Resolve a `layers` option to the set of keys that get a method's own rule.
+
+    `layers` is "paper" (the method's published setting, `paper_preset`), "all-linear", "all"
+    (every floating tensor), or a list of glob patterns over keys. `matrix_rule` methods (SVD- or
+    matrix-based rules) require every selected tensor to be a 2-D floating matrix.
+    """
+    if isinstance(layers, str):
+        if layers not in LAYER_PRESETS:
+            raise ValueError(
+                f"unknown layers preset {layers!r}; use one of {LAYER_PRESETS} or a list of globs"
+            )
+        if layers == "paper":
+            if isinstance(paper_preset, str):
+                return select_keys(state, paper_preset, paper_preset, matrix_rule)
+            selected = _match(state, paper_preset, strict=False)
+        elif layers == "all":
+            selected = [k for k in state if state[k].is_floating_point()]
+        else:
+            selected = [k for k in state if is_linear_weight(k, state[k])]
+        if not selected:
+            raise ValueError(
+                f"layers={layers!r} selects no tensor of this model (first keys: {list(state)[:3]}); "
+                "pass layers='all-linear' or a list of glob patterns"
+            )
+    else:
+        selected = _match(state, layers, strict=True)
+    for key in selected:
+        tensor = state[key]
+        if not tensor.is_floating_point():
+            raise TypeError(f"selected layer {key!r} has non-floating dtype {tensor.dtype}")
+        if matrix_rule and tensor.ndim != 2:
+            raise ValueError(
+                f"selected layer {key!r} has shape {tuple(tensor.shape)}; this method needs 2-D weights"
+            )
+    return frozenset(selected)
+
+
+def _match(state: StateDict, patterns: Sequence[str], strict: bool) -> list[str]:
+    """Keys matching any glob, in state order; `strict`: every pattern must match something."""
+    patterns = list(patterns)
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"layers must be a preset name or a non-empty list of globs: {patterns!r}")
+    keys = list(state)
+    for pattern in patterns if strict else ():
+        if not any(fnmatch.fnmatchcase(k, pattern) for k in keys):
+            raise ValueError(f"layer pattern {pattern!r} matches no key (first keys: {keys[:3]})")
+    return [k for k in keys if any(fnmatch.fnmatchcase(k, p) for p in patterns)]
+
+
+def check_state(state: object, name: str) -> None:
+    """A non-empty mapping of string keys to tensors."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{name} must be a mapping of parameter names to tensors, got {type(state).__name__}")
+    if len(state) == 0:
+        raise ValueError(f"{name} is empty")
+    for key in state:
+        if not isinstance(key, str):
+            raise TypeError(f"{name} has a non-string key {key!r}")
+
+
+def check_compatible(reference: StateDict, other: StateDict, name: str) -> None:
+    """Same keys, shapes and kinds (floating or not) as `reference`; names the first mismatch."""
+    check_state(other, name)
+    ref_keys, other_keys = list(reference), set(other)
+    missing = [k for k in ref_keys if k not in other_keys]
+    if missing:
+        raise ValueError(f"{name} lacks key {missing[0]!r} of the pre-trained model ({len(missing)} missing)")
+    if len(other_keys) != len(ref_keys):
+        extra = sorted(other_keys.difference(ref_keys))
+        raise ValueError(f"{name} has key {extra[0]!r} that the pre-trained model lacks ({len(extra)} extra)")
+    for key in ref_keys:
+        a, b = reference[key], other[key]
+        if not isinstance(b, torch.Tensor):
+            raise TypeError(f"{name}[{key!r}] is {type(b).__name__}, not a tensor")
+        if a.shape != b.shape:
+            raise ValueError(
+                f"shape mismatch at {key!r}: pre-trained {tuple(a.shape)} vs {name} {tuple(b.shape)}"
+            )
+        if a.is_floating_point() != b.is_floating_point():
+            raise TypeError(f"dtype mismatch at {key!r}: pre-trained {a.dtype} vs {name} {b.dtype}")
+
+
+def check_finite(state: StateDict, name: str) -> None:
+    """Every floating tensor is free of NaN/Inf; names the first offending key."""
+    for key in state:
+        tensor = state[key]
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name}[{key!r}] is {type(tensor).__name__}, not a tensor")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{name}[{key!r}] contains {bad} NaN/Inf value(s)")
+
+
+def squared_norm(tensors: Iterable[torch.Tensor]) -> float:
+    """Sum of squares over many tensors, accumulated in float64."""
+    total = 0.0
+    for tensor in tensors:
+        total += float(tensor.double().pow(2).sum())
+    return total
+
+
+def clone_state(state: StateDict) -> dict[str, torch.Tensor]:
+    """An independent copy (new tensors), so callers can never alias the merger's state."""
+    return {k: state[k].detach().clone() for k in state}

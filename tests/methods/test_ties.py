@@ -1,0 +1,33 @@
+"""TIES trimming, sign election and disjoint mean, and the continual recursion."""
+
+import torch
+
+from nufilt.merge import continual_merge
+from nufilt.methods.ties import elect_and_merge, magnitude_threshold, trim
+
+
+def test_threshold_keeps_the_top_k_percent_over_all_tensors():
+    vectors = [torch.tensor([1.0, -5.0, 2.0]), torch.tensor([[4.0, -3.0], [0.5, 6.0]])]
+    # 7 entries, top 40% -> 3 kept: 6, -5, 4
+    threshold = magnitude_threshold(vectors, 40.0)
+    assert threshold == 4.0
+    kept = sum(int((trim(v, threshold) != 0).sum()) for v in vectors)
+    assert kept == 3
+
+
+def test_sign_election_and_disjoint_mean():
+    a = torch.tensor([2.0, 3.0, -1.0, 0.0])
+    b = torch.tensor([4.0, -1.0, -3.0, 0.0])
+    # sums: 6 (+), 2 (+), -4 (-), 0 -> means over agreeing non-zero entries
+    torch.testing.assert_close(elect_and_merge([a, b]), torch.tensor([3.0, 3.0, -2.0, 0.0]))
+
+
+def test_continual_ties_adds_scaled_ties_of_previous_merged_and_new_task_vectors():
+    pretrained = {"w.weight": torch.zeros(1, 5)}
+    first = {"w.weight": torch.tensor([[10.0, 1.0, 1.0, 1.0, 1.0]])}
+    second = {"w.weight": torch.tensor([[-1.0, -8.0, 1.0, 1.0, 1.0]])}
+    merged = list(continual_merge(pretrained, [first, second], "ties", scale=0.5, top_k=20.0))
+    # step 1: TIES(0, τ1) keeps only the top entry of τ1
+    torch.testing.assert_close(merged[0]["w.weight"], torch.tensor([[5.0, 0.0, 0.0, 0.0, 0.0]]))
+    # step 2: trimmed τ̄1 = [5,0,0,0,0], trimmed τ2 = [0,-8,0,0,0] -> disjoint, no conflict
+    torch.testing.assert_close(merged[1]["w.weight"], torch.tensor([[7.5, -4.0, 0.0, 0.0, 0.0]]))

@@ -1,0 +1,126 @@
+"""Properties of the subspace geometry: projectors, singular bases, principal angles, affinity."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nufilt.subspace import (
+    affinity,
+    null_space_projector,
+    orthonormalize,
+    principal_angles,
+    projector,
+    random_affinity_baseline,
+    removed_energy,
+    top_right_singular_vectors,
+)
+
+
+def _random_basis(d: int, r: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return orthonormalize(torch.randn(d, r, generator=generator, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("d,r", [(12, 3), (20, 20), (7, 1)])
+def test_null_space_projector_is_idempotent_symmetric_and_kills_the_basis(d, r):
+    basis = _random_basis(d, r, seed=d + r)
+    p = null_space_projector(basis)
+    torch.testing.assert_close(p @ p, p)
+    torch.testing.assert_close(p, p.T)
+    torch.testing.assert_close(p @ basis, torch.zeros_like(basis), atol=1e-12, rtol=0)
+    # and keeps everything orthogonal to it: rank d - r
+    assert float(torch.trace(p)) == pytest.approx(d - r, abs=1e-9)
+    torch.testing.assert_close(projector(basis) + p, torch.eye(d, dtype=torch.float64))
+
+
+def test_top_right_singular_vectors_match_numpy_svd():
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.randn(30, 12, generator=generator, dtype=torch.float64)
+    basis, values = top_right_singular_vectors(matrix, 4)
+    _, s, vt = np.linalg.svd(matrix.numpy())
+    np.testing.assert_allclose(values.numpy(), s[:4], rtol=1e-10)
+    # same subspace (signs may differ): projectors agree
+    np.testing.assert_allclose(projector(basis).numpy(), vt[:4].T @ vt[:4], atol=1e-10)
+
+
+def test_batched_singular_vectors_equal_per_matrix_ones():
+    generator = torch.Generator().manual_seed(1)
+    stack = torch.randn(3, 9, 6, generator=generator, dtype=torch.float64)
+    batched, _ = top_right_singular_vectors(stack, 2)
+    for i in range(3):
+        single, _ = top_right_singular_vectors(stack[i], 2)
+        torch.testing.assert_close(projector(batched[i]), projector(single))
+
+
+def test_rank_deficient_input_gives_zero_columns_not_arbitrary_directions():
+    generator = torch.Generator().manual_seed(2)
+    low_rank = torch.randn(10, 2, generator=generator) @ torch.randn(2, 8, generator=generator)
+    basis, values = top_right_singular_vectors(low_rank, 5)
+    assert (values[2:] == 0).all() and (values[:2] > 0).all()
+    assert torch.count_nonzero(basis[:, 2:]) == 0
+    zero_basis, _ = top_right_singular_vectors(torch.zeros(6, 4), 3)
+    assert torch.count_nonzero(zero_basis) == 0
+    torch.testing.assert_close(null_space_projector(zero_basis), torch.eye(4))
+
+
+def test_lowrank_solver_finds_the_same_subspace_as_the_exact_one():
+    generator = torch.Generator().manual_seed(3)
+    # a clear spectral gap after 5 directions
+    matrix = torch.randn(200, 5, generator=generator) @ torch.randn(5, 120, generator=generator)
+    matrix += 1e-3 * torch.randn(200, 120, generator=generator)
+    exact, exact_values = top_right_singular_vectors(matrix, 5, solver="exact")
+    approx, approx_values = top_right_singular_vectors(matrix, 5, solver="lowrank")
+    torch.testing.assert_close(projector(approx), projector(exact), atol=1e-4, rtol=0)
+    torch.testing.assert_close(approx_values, exact_values, rtol=1e-4, atol=0)
+
+
+def test_rank_out_of_range_and_unknown_solver_are_rejected():
+    with pytest.raises(ValueError, match="rank 7 outside"):
+        top_right_singular_vectors(torch.randn(4, 6), 7)
+    with pytest.raises(ValueError, match="unknown SVD solver"):
+        top_right_singular_vectors(torch.randn(4, 6), 2, solver="magic")
+
+
+def test_principal_angles_zero_for_same_span_and_right_angle_for_orthogonal():
+    basis = _random_basis(10, 3, seed=4)
+    rotated = basis @ orthonormalize(torch.randn(3, 3, dtype=torch.float64))
+    torch.testing.assert_close(principal_angles(basis, rotated), torch.zeros(3, dtype=torch.float64), atol=1e-6, rtol=0)
+    eye = torch.eye(6, dtype=torch.float64)
+    angles = principal_angles(eye[:, :2], eye[:, 2:4])
+    torch.testing.assert_close(angles, torch.full((2,), math.pi / 2, dtype=torch.float64))
+
+
+def test_affinity_is_one_for_identical_zero_for_orthogonal_and_in_unit_interval():
+    basis = _random_basis(16, 4, seed=5)
+    assert float(affinity(basis, basis)) == pytest.approx(1.0)
+    eye = torch.eye(16, dtype=torch.float64)
+    assert float(affinity(eye[:, :4], eye[:, 4:12])) == 0.0
+    for seed in range(10):
+        value = float(affinity(_random_basis(16, 2, seed), _random_basis(16, 5, seed + 100)))
+        assert 0.0 <= value <= 1.0
+    # r_d <= r_v: a data subspace inside the vector subspace scores 1
+    assert float(affinity(eye[:, :2], eye[:, :5])) == pytest.approx(1.0)
+
+
+def test_random_subspaces_score_the_random_baseline_on_average():
+    d, r_v, r_d = 64, 8, 4
+    values = [float(affinity(_random_basis(d, r_d, s), _random_basis(d, r_v, 1000 + s))) for s in range(200)]
+    assert np.mean(values) == pytest.approx(random_affinity_baseline(r_v, d), rel=0.1)
+
+
+def test_affinity_of_task_vector_built_from_data_is_one():
+    generator = torch.Generator().manual_seed(6)
+    data = torch.randn(50, 3, generator=generator) @ torch.randn(3, 20, generator=generator)  # H, rank 3
+    task_vector = torch.randn(15, 50, generator=generator) @ data  # τ = B H
+    data_basis, _ = top_right_singular_vectors(data, 3)
+    vector_basis, _ = top_right_singular_vectors(task_vector, 3)
+    assert float(affinity(data_basis, vector_basis)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_removed_energy_is_the_share_of_the_norm_inside_the_basis():
+    eye = torch.eye(4)
+    task_vector = torch.tensor([[3.0, 4.0, 0.0, 0.0]])
+    assert float(removed_energy(task_vector, eye[:, :1])) == pytest.approx(9 / 25)
+    assert float(removed_energy(torch.zeros(2, 4), eye[:, :1])) == 0.0
