@@ -1,0 +1,362 @@
+"""Pre-train, probe, fine-tune, save and load the embedded zoo (a tiny CLIP vision encoder).
+
+Recipe (the analog of the paper's CLIP setting, scaled to 2 CPU cores):
+1. pre-train a `CLIPVisionModel` on a mix of `PRETRAIN_TASKS` (one head each, discarded);
+2. per evaluation task, fit a linear head on pre-trained features of a few labelled examples
+   and freeze it (the analog of CLIP's zero-shot text head);
+3. per task, fine-tune the encoder only, with small steps, against the frozen head.
+
+Cache layout (all under `cache_dir`, see `nufilt.cache`):
+    tiny-vit-<pretrain key>/pretrained/            encoder/ (save_pretrained), heads.safetensors
+    tiny-vit-<pretrain key>/finetuned-<key>/<task>/ encoder/ (save_pretrained), task.json
+    tiny-vit-<pretrain key>/finetuned-<key>/manifest.json   tasks, classes, accuracies, config
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from ..cache import atomic_save_tensors, atomic_write_json, config_hash, default_cache_dir, ensure_entry
+from .config import ZooConfig
+from .tasks import make_split, stable_seed, task_spec
+
+# progress(message, fraction of the current build stage in [0, 1])
+ProgressFn = Callable[[str, float], None]
+Head = tuple[torch.Tensor, torch.Tensor]  # weight (classes, width), bias (classes,)
+
+
+def _no_progress(message: str, fraction: float) -> None:
+    pass
+
+
+@contextmanager
+def _quiet_transformers():
+    """Hide transformers' own progress bars while saving/loading our tiny models."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+# ---------------------------------------------------------------- model and data
+
+
+def encoder_config(config: ZooConfig) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        hidden_size=config.width,
+        intermediate_size=4 * config.width,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        num_channels=1,
+        image_size=16,
+        patch_size=config.patch_size,
+        projection_dim=config.width,
+    )
+
+
+def new_encoder(config: ZooConfig) -> CLIPVisionModel:
+    torch.manual_seed(stable_seed("nufilt-zoo-init", config.seed) % 2**31)
+    return CLIPVisionModel(encoder_config(config)).eval()
+
+
+def encoder_from_state(config: ZooConfig, state: Mapping[str, torch.Tensor]) -> CLIPVisionModel:
+    encoder = CLIPVisionModel(encoder_config(config))
+    encoder.load_state_dict(dict(state))
+    return encoder.eval()
+
+
+@torch.no_grad()
+def features(encoder: CLIPVisionModel, images: torch.Tensor, batch: int = 2048) -> torch.Tensor:
+    """Pooled (post-LayerNorm CLS) features, (n, width)."""
+    parts = [encoder(pixel_values=images[i : i + batch]).pooler_output for i in range(0, len(images), batch)]
+    return torch.cat(parts)
+
+
+def head_logits(feats: torch.Tensor, head: Head) -> torch.Tensor:
+    weight, bias = head
+    return feats @ weight.T + bias
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * float((logits.argmax(dim=1) == labels).float().mean())
+
+
+class TaskData:
+    """Generated train/test splits of the zoo's tasks, made on first use and kept in memory."""
+
+    def __init__(self, config: ZooConfig):
+        self.config = config
+        self._splits: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, task: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if (task, split) not in self._splits:
+            size = self.config.n_train if split == "train" else self.config.n_test
+            if task in self.config.pretrain_tasks and split == "train":
+                size = self.config.pretrain_samples
+            self._splits[task, split] = make_split(task_spec(task), split, size, self.config.seed)
+        return self._splits[task, split]
+
+
+def _warmup_cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+# ---------------------------------------------------------------- the three training stages
+
+
+def pretrain(config: ZooConfig, data: TaskData, progress: ProgressFn = _no_progress) -> CLIPVisionModel:
+    """Multi-task supervised pre-training on `config.pretrain_tasks`; returns the encoder."""
+    encoder = new_encoder(config).train()
+    pools = [data.get(name, "train") for name in config.pretrain_tasks]
+    images = torch.cat([x for x, _ in pools])
+    sizes = [len(task_spec(name).classes) for name in config.pretrain_tasks]
+    offsets = np.cumsum([0, *sizes])
+    labels = torch.cat([y + int(offsets[i]) for i, (_, y) in enumerate(pools)])
+    owner = torch.cat([torch.full((len(y),), i) for i, (_, y) in enumerate(pools)])
+    # one joint head; each sample's logits are restricted to its own task's classes
+    class_owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    head = nn.Linear(config.width, int(offsets[-1]))
+    parameters = list(encoder.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=config.pretrain_lr, weight_decay=0.05)
+    warmup = max(1, config.pretrain_steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _warmup_cosine(step, config.pretrain_steps, warmup)
+    )
+    generator = torch.Generator().manual_seed(stable_seed("pretrain-batches", config.seed) % 2**63)
+    bar = tqdm(range(config.pretrain_steps), desc="pre-training", leave=False, disable=None)
+    for step in bar:
+        index = torch.randint(0, len(images), (config.pretrain_batch,), generator=generator)
+        logits = head(encoder(pixel_values=images[index]).pooler_output)
+        logits = logits.masked_fill(class_owner[None, :] != owner[index, None], float("-inf"))
+        loss = nn.functional.cross_entropy(logits, labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 25 == 0 or step == config.pretrain_steps - 1:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            progress(f"pre-training step {step + 1}/{config.pretrain_steps}", (step + 1) / config.pretrain_steps)
+    return encoder.eval()
+
+
+def fit_head(encoder: CLIPVisionModel, config: ZooConfig, data: TaskData, task: str) -> Head:
+    """Logistic regression on the pre-trained features of `head_shots` examples per class."""
+    from sklearn.linear_model import LogisticRegression
+
+    images, labels = data.get(task, "train")
+    rng = np.random.default_rng(stable_seed("head-shots", config.seed, task))
+    shots = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(labels.numpy() == c), config.head_shots, replace=False)
+            for c in range(int(labels.max()) + 1)
+        ]
+    )
+    feats = features(encoder, images[shots]).double().numpy()
+    probe = LogisticRegression(C=config.head_l2, max_iter=2000).fit(feats, labels[shots].numpy())
+    weight = torch.tensor(probe.coef_, dtype=torch.float32)
+    bias = torch.tensor(probe.intercept_, dtype=torch.float32)
+    if weight.shape[0] == 1:  # sklearn's binary case: one logit -> two
+        weight, bias = torch.cat([-weight, weight]) / 2, torch.cat([-bias, bias]) / 2
+    return weight, bias
+
+
+def finetune(
+    pretrained: Mapping[str, torch.Tensor],
+    head: Head,
+    config: ZooConfig,
+    data: TaskData,
+    task: str,
+    progress: ProgressFn = _no_progress,
+) -> dict[str, torch.Tensor]:
+    """Fine-tune the encoder (all of it) on `task` against the frozen head; returns its state."""
+    encoder = encoder_from_state(config, pretrained).train()
+    images, labels = data.get(task, "train")
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=config.finetune_lr)
+    generator = torch.Generator().manual_seed(stable_seed("finetune-batches", config.seed, task) % 2**63)
+    bar = tqdm(range(config.finetune_steps), desc=f"fine-tuning {task}", leave=False, disable=None)
+    for step in bar:
+        index = torch.randint(0, len(images), (config.finetune_batch,), generator=generator)
+        logits = head_logits(encoder(pixel_values=images[index]).pooler_output, head)
+        loss = nn.functional.cross_entropy(logits, labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 20 == 0 or step == config.finetune_steps - 1:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            progress(f"fine-tuning {task}: step {step + 1}/{config.finetune_steps}", (step + 1) / config.finetune_steps)
+    return {key: value.detach().clone() for key, value in encoder.state_dict().items()}
+
+
+def task_vector_ratio(pretrained: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor]) -> float:
+    """‖θt − θ0‖ / ‖θ0‖ over all parameters."""
+    delta = sum(float((finetuned[k] - pretrained[k]).pow(2).sum()) for k in pretrained)
+    base = sum(float(pretrained[k].pow(2).sum()) for k in pretrained)
+    return math.sqrt(delta / base)
+
+
+# ---------------------------------------------------------------- cache: save / load
+
+
+def zoo_folder(config: ZooConfig, cache_dir: str | Path | None = None) -> Path:
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / f"tiny-vit-{config_hash(config.pretrain_fields())}"
+
+
+def pretrained_folder(config: ZooConfig, cache_dir: str | Path | None = None) -> Path:
+    return zoo_folder(config, cache_dir) / "pretrained"
+
+
+def finetuned_root(config: ZooConfig, cache_dir: str | Path | None = None) -> Path:
+    return zoo_folder(config, cache_dir) / f"finetuned-{config_hash(config.finetune_fields())}"
+
+
+def _save_encoder(config: ZooConfig, state: Mapping[str, torch.Tensor], folder: Path) -> None:
+    with _quiet_transformers():
+        encoder_from_state(config, state).save_pretrained(folder, safe_serialization=True)
+
+
+def load_state(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The encoder state saved by `save_pretrained` in `folder`."""
+    return load_file(Path(folder) / "model.safetensors")
+
+
+def load_heads(folder: str | Path) -> dict[str, Head]:
+    tensors = load_file(Path(folder) / "heads.safetensors")
+    names = sorted({key.rsplit(".", 1)[0] for key in tensors})
+    return {name: (tensors[f"{name}.weight"], tensors[f"{name}.bias"]) for name in names}
+
+
+def ensure_pretrained(
+    config: ZooConfig,
+    cache_dir: str | Path | None = None,
+    data: TaskData | None = None,
+    progress: ProgressFn = _no_progress,
+) -> Path:
+    """The verified folder of the pre-trained encoder and the frozen heads (built if needed)."""
+    data = data or TaskData(config)
+
+    def build(folder: Path) -> None:
+        start = time.perf_counter()
+        encoder = pretrain(config, data, progress)
+        seconds = time.perf_counter() - start
+        heads = {task: fit_head(encoder, config, data, task) for task in config.tasks}
+        pretrained = {}
+        for task, head in heads.items():
+            images, labels = data.get(task, "test")
+            pretrained[task] = accuracy(head_logits(features(encoder, images), head), labels)
+        _save_encoder(config, encoder.state_dict(), folder / "encoder")
+        tensors = {f"{task}.{part}": t for task, (w, b) in heads.items() for part, t in (("weight", w), ("bias", b))}
+        atomic_save_tensors(folder / "heads.safetensors", tensors)
+        info = {"config": config.pretrain_fields(), "pretrain_seconds": seconds, "accuracy": pretrained}
+        atomic_write_json(folder / "pretrained.json", info)
+
+    folder, _ = ensure_entry(pretrained_folder(config, cache_dir), build)
+    return folder
+
+
+def ensure_task(
+    config: ZooConfig,
+    task: str,
+    cache_dir: str | Path | None = None,
+    data: TaskData | None = None,
+    progress: ProgressFn = _no_progress,
+) -> Path:
+    """The verified folder of the encoder fine-tuned on `task` (built if needed)."""
+    if task not in config.tasks:
+        raise ValueError(f"task {task!r} is not in this zoo; known tasks: {', '.join(config.tasks)}")
+    data = data or TaskData(config)
+    base = ensure_pretrained(config, cache_dir, data, progress)
+
+    def build(folder: Path) -> None:
+        pretrained = load_state(base / "encoder")
+        head = load_heads(base)[task]
+        start = time.perf_counter()
+        state = finetune(pretrained, head, config, data, task, progress)
+        seconds = time.perf_counter() - start
+        images, labels = data.get(task, "test")
+        encoder = encoder_from_state(config, state)
+        info = {
+            "task": task,
+            "classes": list(task_spec(task).classes),
+            "accuracy": accuracy(head_logits(features(encoder, images), head), labels),
+            "task_vector_ratio": task_vector_ratio(pretrained, state),
+            "finetune_seconds": seconds,
+        }
+        _save_encoder(config, state, folder / "encoder")
+        atomic_write_json(folder / "task.json", info)
+
+    folder, _ = ensure_entry(finetuned_root(config, cache_dir) / task, build)
+    return folder
+
+
+def build_zoo(
+    config: ZooConfig,
+    tasks: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+    progress: ProgressFn = _no_progress,
+) -> dict:
+    """Build (or verify) the pre-trained model and the fine-tuned `tasks`; returns the manifest.
+
+    `progress(message, fraction)` receives the overall fraction done (pre-training counts as a
+    quarter of the work when it has to run).
+    """
+    tasks = list(config.tasks if tasks is None else tasks)
+    data = TaskData(config)
+    pre_share = 0.0 if pretrained_folder(config, cache_dir).exists() else 0.25
+    pre = ensure_pretrained(config, cache_dir, data, lambda message, f: progress(message, pre_share * f))
+    folders = {}
+    for i, task in enumerate(tqdm(tasks, desc="zoo tasks", leave=False, disable=None)):
+
+        def report(message: str, fraction: float, i: int = i) -> None:
+            progress(message, pre_share + (1 - pre_share) * (i + fraction) / len(tasks))
+
+        folders[task] = ensure_task(config, task, cache_dir, data, report)
+    progress("zoo ready", 1.0)
+    manifest = _manifest(config, pre, folders)
+    atomic_write_json(finetuned_root(config, cache_dir) / "manifest.json", manifest)
+    return manifest
+
+
+def _manifest(config: ZooConfig, pre: Path, folders: Mapping[str, Path]) -> dict:
+    pretrained_info = json.loads((pre / "pretrained.json").read_text())
+    tasks = []
+    for task, folder in folders.items():
+        info = json.loads((folder / "task.json").read_text())
+        tasks.append(
+            {
+                "name": task,
+                "classes": info["classes"],
+                "pretrained_accuracy": pretrained_info["accuracy"][task],
+                "individual_accuracy": info["accuracy"],
+                "task_vector_ratio": info["task_vector_ratio"],
+                "encoder": str(folder / "encoder"),
+            }
+        )
+    return {
+        "backbone": "tiny-vit",
+        "config": asdict(config),
+        "pretrained": {"encoder": str(pre / "encoder"), "heads": str(pre / "heads.safetensors")},
+        "pretrain_seconds": pretrained_info["pretrain_seconds"],
+        "tasks": tasks,
+    }
