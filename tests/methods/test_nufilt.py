@@ -1,0 +1,204 @@
+"""NUFILT: the filter, the LoRA fit, the ablations, and parity with a plain per-layer version."""
+
+import numpy as np
+import pytest
+import torch
+
+from nufilt.merge import continual_merge, make_merger
+from nufilt.methods.nufilt import Nufilt, NufiltOptions
+from nufilt.statedict import PAPER_NUFILT_PATTERNS, select_keys
+from tests.factories import synthetic_tasks, tiny_clip_state
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    pretrained = tiny_clip_state(seed=3)
+    return pretrained, synthetic_tasks(pretrained, 3, seed=4, rank=6)
+
+
+def _null_projector_numpy(matrix: np.ndarray, rank: int) -> np.ndarray:
+    _, _, vt = np.linalg.svd(matrix.astype(np.float64))
+    basis = vt[:rank].T
+    return np.eye(matrix.shape[1]) - basis @ basis.T
+
+
+def test_step_one_returns_the_first_task_on_selected_layers_and_pretrained_elsewhere(zoo):
+    pretrained, tasks = zoo
+    merger = make_merger("nufilt", pretrained)
+    merged = merger.add(tasks[0])
+    for key in pretrained:
+        expected = tasks[0][key] if key in merger.selected else pretrained[key]
+        assert torch.equal(merged[key], expected), key
+
+
+def test_null_space_only_is_exactly_previous_plus_filtered_task_vector(zoo):
+    pretrained, tasks = zoo
+    r_p = 5
+    merger = make_merger("nufilt", pretrained, r_p=r_p, r_l=0)
+    first = merger.add(tasks[0])
+    second = merger.add(tasks[1])
+    for key in merger.selected:
+        previous = (first[key] - pretrained[key]).numpy()
+        task_vector = (tasks[1][key] - pretrained[key]).numpy()
+        expected = first[key].numpy() + task_vector @ _null_projector_numpy(previous, r_p)
+        np.testing.assert_allclose(second[key].numpy(), expected, atol=2e-6, rtol=1e-5)
+
+
+def test_the_filter_leaves_the_previous_subspace_untouched_when_lora_is_off(zoo):
+    pretrained, tasks = zoo
+    merger = make_merger("nufilt", pretrained, r_p=6, r_l=0)
+    first = merger.add(tasks[0])
+    second = merger.add(tasks[1])
+    for key in merger.selected:
+        previous = first[key] - pretrained[key]
+        _, _, vh = torch.linalg.svd(previous.double())
+        basis = vh[:6].T.float()
+        # responses of the merged layer on inputs from the protected subspace do not change
+        torch.testing.assert_close(second[key] @ basis, first[key] @ basis, atol=1e-5, rtol=1e-4)
+
+
+def test_naive_ablation_is_the_plain_sum_of_task_vectors(zoo):
+    pretrained, tasks = zoo
+    merged = list(continual_merge(pretrained, tasks, "nufilt", null_space=False, r_l=0))[-1]
+    merger = make_merger("nufilt", pretrained)
+    for key in merger.selected:
+        expected = pretrained[key] + sum(t[key] - pretrained[key] for t in tasks)
+        torch.testing.assert_close(merged[key], expected, atol=1e-6, rtol=1e-5)
+
+
+def _reference_step(previous, task_vector, init_a, r_p, r_v, steps, lr, null_space=True):
+    """Algorithm 1 for one layer, written directly from the paper with explicit matrices."""
+    d_in = task_vector.shape[1]
+    _, _, vh_prev = torch.linalg.svd(previous)
+    _, _, vh_task = torch.linalg.svd(task_vector)
+    v_prev, v_task = vh_prev[:r_p].T, vh_task[:r_v].T
+    gate = torch.eye(d_in) - v_prev @ v_prev.T if null_space else torch.eye(d_in)
+    a = torch.nn.Parameter(init_a.clone())
+    b = torch.nn.Parameter(torch.zeros(d_in, init_a.shape[0]))
+    optimizer = torch.optim.Adam([a, b], lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        merged = previous + task_vector @ (gate + b @ a)  # M'
+        loss = (task_vector @ v_task - merged @ v_task).pow(2).sum() + (previous @ v_prev - merged @ v_prev).pow(
+            2
+        ).sum()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return task_vector @ (gate + b @ a)
+
+
+@pytest.mark.parametrize("null_space", [True, False])
+def test_batched_implementation_matches_a_plain_per_layer_reference(zoo, null_space):
+    pretrained, tasks = zoo
+    options = {"r_p": 6, "r_l": 4, "r_v": 3, "steps": 20, "lr": 1e-2, "null_space": null_space}
+    merger = make_merger("nufilt", pretrained, seed=11, **options)
+    first = merger.add(tasks[0])
+    second = merger.add(tasks[1])
+    method: Nufilt = merger.method
+    from nufilt.methods.base import StepContext
+
+    ctx = StepContext(2, pretrained, first, tasks[1], merger.selected, torch.device("cpu"), seed=11)
+    with torch.enable_grad():
+        for key in sorted(merger.selected):
+            d_in = pretrained[key].shape[1]
+            init = method._lora_init(ctx, key, 4, d_in)
+            update = _reference_step(
+                first[key] - pretrained[key], tasks[1][key] - pretrained[key], init, 6, 3, 20, 1e-2, null_space
+            )
+            torch.testing.assert_close(second[key], first[key] + update, atol=2e-5, rtol=1e-4)
+
+
+def test_lora_fit_lowers_the_surrogate_loss_and_reports_diagnostics(zoo):
+    pretrained, tasks = zoo
+    merger = make_merger("nufilt", pretrained, r_p=6, r_l=4, steps=30)
+    merger.add(tasks[0])
+    merger.add(tasks[1])
+    layers = merger.report.info["layers"]
+    assert set(layers) == set(merger.selected)
+    for info in layers.values():
+        curve = info["loss_curve"]
+        assert len(curve) == 31 and curve[-1] < curve[0]
+        assert 0.0 <= info["removed_energy"] <= 1.0
+        assert len(info["prev_singular_values"]) == 6 and len(info["task_singular_values"]) == 8
+
+
+def test_ranks_above_a_layer_are_clamped_and_reported_once(zoo):
+    pretrained, tasks = zoo
+    merger = make_merger("nufilt", pretrained, r_p=1000, r_l=2, steps=2)
+    merger.add(tasks[0])
+    with pytest.warns(UserWarning, match="r_p=1000 exceeds") as record:
+        merger.add(tasks[1])
+    shapes = {tuple(pretrained[k].shape) for k in merger.selected}
+    assert len([w for w in record if "r_p=1000" in str(w.message)]) == len(shapes)
+    assert all(info["ranks"]["r_p"] == min(info["shape"]) for info in merger.report.info["layers"].values())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        merger.add(tasks[2])  # no second report
+
+
+def test_filtered_first_step_zeroes_the_first_input_coordinates(zoo):
+    pretrained, tasks = zoo
+    merger = make_merger("nufilt", pretrained, first_step="filtered", r_p=4, r_l=0)
+    merged = merger.add(tasks[0])
+    for key in merger.selected:
+        delta = merged[key] - pretrained[key]
+        assert torch.count_nonzero(delta[:, :4]) == 0
+        torch.testing.assert_close(delta[:, 4:], (tasks[0][key] - pretrained[key])[:, 4:])
+
+
+def test_paper_preset_selects_attention_projections_and_fc1_only(zoo):
+    pretrained, _ = zoo
+    selected = select_keys(pretrained, "paper", PAPER_NUFILT_PATTERNS, matrix_rule=True)
+    layers = {k.split(".")[2] for k in selected}
+    assert layers == {"0", "1"}
+    suffixes = sorted({k.split(".", 3)[3] for k in selected})
+    assert suffixes == [
+        "mlp.fc1.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.out_proj.weight",
+        "self_attn.q_proj.weight",
+        "self_attn.v_proj.weight",
+    ]
+
+
+@pytest.mark.parametrize(
+    "option,value,error",
+    [
+        ("r_p", -1, ValueError),
+        ("r_l", 2.5, TypeError),
+        ("lr", 0.0, ValueError),
+        ("null_space", "yes", TypeError),
+        ("other_params", "mean", ValueError),
+        ("svd", "qr", ValueError),
+        ("steps", -3, ValueError),
+    ],
+)
+def test_bad_options_are_rejected_with_the_option_named(option, value, error):
+    with pytest.raises(error, match=option):
+        NufiltOptions(**{option: value})
+
+
+def test_other_parameter_policies(zoo):
+    pretrained, tasks = zoo
+    bias = "encoder.layers.0.mlp.fc2.bias"
+    keep = list(continual_merge(pretrained, tasks[:2], "nufilt", r_l=0))[-1]
+    average = list(continual_merge(pretrained, tasks[:2], "nufilt", r_l=0, other_params="average"))[-1]
+    arithmetic = list(
+        continual_merge(pretrained, tasks[:2], "nufilt", r_l=0, other_params="task-arithmetic", other_scale=0.5)
+    )[-1]
+    torch.testing.assert_close(keep[bias], pretrained[bias])
+    torch.testing.assert_close(average[bias], (tasks[0][bias] + tasks[1][bias]) / 2)
+    expected = pretrained[bias] + 0.5 * (tasks[0][bias] - pretrained[bias]) + 0.5 * (tasks[1][bias] - pretrained[bias])
+    torch.testing.assert_close(arithmetic[bias], expected)
+
+
+def test_lowrank_svd_gives_the_same_merge_as_exact_on_low_rank_task_vectors(zoo):
+    pretrained, tasks = zoo
+    options = {"r_p": 4, "r_l": 4, "r_v": 2, "steps": 10}
+    exact = list(continual_merge(pretrained, tasks, "nufilt", **options))[-1]
+    approx = list(continual_merge(pretrained, tasks, "nufilt", svd="lowrank", **options))[-1]
+    for key in pretrained:
+        torch.testing.assert_close(approx[key], exact[key], atol=1e-4, rtol=1e-3)
