@@ -84,7 +84,8 @@ def _gaussian(cy: float, cx: float, sigma: float) -> np.ndarray:
 def _polygon(vertices: np.ndarray) -> np.ndarray:
     """Filled convex polygon (vertices (k, 2) as (y, x), counter-clockwise or clockwise)."""
     inside = np.ones((SIZE, SIZE), dtype=bool)
-    sign = np.sign(np.cross(vertices[1] - vertices[0], vertices[2] - vertices[1]))
+    (ay, ax), (by, bx) = vertices[1] - vertices[0], vertices[2] - vertices[1]
+    sign = np.sign(ay * bx - ax * by)
     for a, b in zip(vertices, np.roll(vertices, -1, axis=0), strict=True):
         edge = b - a
         cross = edge[0] * (_XX - a[1]) - edge[1] * (_YY - a[0])

@@ -1,0 +1,7 @@
+"""`python -m nufilt ...`: see `nufilt.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,259 @@
+"""Headless command line: `python -m nufilt <command> ...`.
+
+`build_parser()` returns the top-level parser with one sub-parser per command; each command is
+`add_<command>_parser(subparsers)` + a `<command>_command(args) -> int` handler stored as the
+sub-parser's `handler` default. To add a command, write both and register the first in
+`COMMANDS`. Bad arguments exit with status 2 and a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .methods import ABLATIONS, METHODS
+
+DEFAULT_METHODS = ("weight_average", "task_arithmetic", "ties", "magmax", "opcm", "wudi", "nufilt")
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing; reported like argparse's own errors (exit 2)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line ("nufilt run: error: ...") and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# ---------------------------------------------------------------- option parsing helpers
+
+
+def parse_value(text: str) -> Any:
+    """'3' -> 3, '0.5' -> 0.5, 'true'/'false' -> bool, 'none' -> None, JSON lists, else str."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """["nufilt.r_p=32", "opcm.alpha=0.6"] -> {"nufilt": {"r_p": 32}, "opcm": {"alpha": 0.6}}."""
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, eq, value = item.partition("=")
+        method, dot, key = target.partition(".")
+        if not eq or not dot or not method or not key:
+            raise UsageError(f"--option expects METHOD.KEY=VALUE, got {item!r}")
+        if method not in METHODS and method not in ABLATIONS:
+            raise UsageError(f"--option names unknown method {method!r}")
+        options.setdefault(method, {})[key] = parse_value(value)
+    return options
+
+
+def _split_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+# ---------------------------------------------------------------- `run`
+
+
+def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
+    methods = ", ".join(METHODS)
+    ablations = ", ".join(ABLATIONS)
+    parser = subparsers.add_parser(
+        "run",
+        help="continual merging benchmark: ACC/BWT table + JSON",
+        description=(
+            "Merge the backbone's task models one at a time in each task order, score every "
+            "seen task after each step, and report ACC and BWT (mean ± std over orders) with "
+            "pre-trained and individual reference rows."
+        ),
+        epilog=(
+            f"methods: {methods}; NUFILT ablations (Table 4): {ablations}; 'all' = every method, "
+            "'ablations' = the three ablations. Options: Table 9 defaults for the task count, "
+            "then the backbone's recommended options (tiny-vit: zoo-scaled NUFILT ranks), then "
+            "--option. Example: python -m nufilt run --tasks 8 --orders 1,2,3 "
+            "--methods weight_average,task_arithmetic,opcm,nufilt --out results.json"
+        ),
+    )
+    parser.add_argument("--backbone", default="tiny-vit", help="backbone spec (default: tiny-vit, the offline zoo)")
+    parser.add_argument("--tasks", type=int, default=8, metavar="N", help="number of tasks: 8, 14 or 20 (default: 8)")
+    order_group = parser.add_mutually_exclusive_group()
+    order_group.add_argument(
+        "--orders",
+        default="1,2,3",
+        metavar="LIST",
+        help="the paper's task orders by 1-based index: '1,2,3', '1-10' or 'all' (default: 1,2,3)",
+    )
+    order_group.add_argument(
+        "--order",
+        action="append",
+        metavar="TASK,TASK,...",
+        help="a custom order of task names (repeat for several orders)",
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        metavar="LIST",
+        help="comma-separated methods and ablations (default: all seven methods)",
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="override a method option, e.g. nufilt.r_p=32 (repeatable; an option given for "
+        "nufilt also reaches its ablations)",
+    )
+    parser.add_argument("--out", type=Path, metavar="PATH", help="write the results as JSON here")
+    parser.add_argument("--preset", default="default", help="tiny-vit zoo preset: default or micro (default: default)")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache folder (default: ./cache)")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="auto", help="merge device: auto, cpu or cuda (default: auto)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    parser.set_defaults(handler=run_command)
+
+
+def _resolve_methods(text: str) -> list[str]:
+    labels: list[str] = []
+    for name in _split_list(text):
+        expanded = {"all": list(METHODS), "ablations": list(ABLATIONS)}.get(name, [name])
+        for label in expanded:
+            if label not in METHODS and label not in ABLATIONS:
+                known = ", ".join([*METHODS, *ABLATIONS])
+                raise UsageError(f"unknown method {label!r}; known: {known}")
+            if label not in labels:
+                labels.append(label)
+    if not labels:
+        raise UsageError("--methods is empty")
+    return labels
+
+
+def _check_option_targets(overrides: dict[str, dict], labels: Sequence[str]) -> None:
+    """Every --option must reach a selected row ("nufilt" options also reach the ablations)."""
+    reached = set(labels) | ({"nufilt"} if any(label in ABLATIONS for label in labels) else set())
+    for target in overrides:
+        if target not in reached:
+            raise UsageError(f"--option for {target!r}, which is not in --methods")
+
+
+def _make_backbone(args: argparse.Namespace, progress: Callable[[str, float], None] | None):
+    from .backbones import get_backbone
+
+    if args.backbone == "tiny-vit":
+        return get_backbone(
+            "tiny-vit",
+            n_tasks=args.tasks,
+            preset=args.preset,
+            cache_dir=args.cache_dir,
+            progress=progress,
+            threads=args.threads,
+        )
+    if args.preset != "default":
+        raise UsageError("--preset applies to the tiny-vit backbone only")
+    kwargs: dict[str, Any] = {"tasks": args.tasks}
+    if args.cache_dir is not None:
+        kwargs["cache_dir"] = args.cache_dir
+    return get_backbone(args.backbone, **kwargs)
+
+
+def _stderr_progress(quiet: bool) -> Callable[[str, float], None] | None:
+    if quiet:
+        return None
+    last = [0.0]
+
+    def report(message: str, fraction: float) -> None:
+        now = time.monotonic()
+        if now - last[0] > 2.0 or fraction >= 1.0:
+            last[0] = now
+            print(f"[{100 * fraction:5.1f}%] {message}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def run_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from .evaluation import (
+        check_order,
+        format_table,
+        method_spec,
+        paper_orders,
+        parse_order_indices,
+        run_benchmark,
+    )
+
+    if args.tasks < 1:
+        raise UsageError(f"--tasks must be positive, got {args.tasks}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be positive, got {args.threads}")
+    labels = _resolve_methods(args.methods)
+    overrides = parse_options(args.option)
+    if args.out is not None and args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a directory")
+    progress = _stderr_progress(args.quiet)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        backbone = _make_backbone(args, progress)
+        names = [task.name for task in backbone.tasks]
+        if len(names) != args.tasks:
+            raise UsageError(f"backbone {args.backbone!r} has {len(names)} tasks, not {args.tasks}")
+        if args.order:
+            orders = [check_order(_split_list(text), names, len(names)) for text in args.order]
+        else:
+            orders = paper_orders(names, parse_order_indices(args.orders))
+        _check_option_targets(overrides, labels)
+        recommended = getattr(backbone, "recommended_options", {})
+        specs = [method_spec(label, len(names), recommended, overrides, device=args.device) for label in labels]
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from None
+    if hasattr(backbone, "prepare"):
+        backbone.prepare()
+    result = run_benchmark(backbone, specs, orders, progress)
+    print(format_table(result))
+    if args.out is not None:
+        from .cache import atomic_write_json
+
+        atomic_write_json(args.out, result)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- entry point
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="nufilt",
+        description="Data-free continual model merging (NUFILT and baselines), headless.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UsageError as error:
+        prog = f"{parser.prog} {args.command}"
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2

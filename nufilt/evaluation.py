@@ -1,0 +1,279 @@
+"""Continual-merging evaluation: accuracy matrices, ACC and BWT, task orders, summaries.
+
+Metrics follow ALGORITHMS.md (paper Sec. 5.1): after each step t the merged model θ̄t is scored
+on every task seen so far, giving the lower-triangular matrix `a_i(θ̄t)`;
+`ACC = mean_i a_i(θ̄T)` and `BWT = 1/(T−1) Σ_{i<T} [a_i(θ̄T) − a_i(θ̄i)]`. Accuracies are percent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from .backbones.base import Backbone
+from .merge import make_merger
+from .methods import ABLATIONS, COMMON_OPTIONS, METHODS, paper_options
+from .methods.base import build_options
+
+ProgressFn = Callable[[str, float], None]
+
+# ---------------------------------------------------------------- metrics
+
+
+def acc_bwt(matrix: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """(ACC, BWT) of a lower-triangular accuracy matrix; row t holds a_1..a_{t+1} after step t+1.
+
+    BWT divides by T−1 (it is 0 for a single task).
+    """
+    if not matrix:
+        raise ValueError("the accuracy matrix is empty")
+    for t, row in enumerate(matrix):
+        if len(row) < t + 1:
+            raise ValueError(f"row {t} of the accuracy matrix needs {t + 1} entries, has {len(row)}")
+    final, steps = matrix[-1], len(matrix)
+    acc = sum(final[:steps]) / steps
+    if steps == 1:
+        return acc, 0.0
+    bwt = sum(final[i] - matrix[i][i] for i in range(steps - 1)) / (steps - 1)
+    return acc, bwt
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (0 for a single value)."""
+    if not values:
+        raise ValueError("no values to summarise")
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+# ---------------------------------------------------------------- task orders
+
+
+@cache
+def _orders_file() -> dict:
+    return json.loads((Path(__file__).parent / "data" / "task_orders.json").read_text())
+
+
+def paper_task_counts() -> list[int]:
+    return sorted(int(n) for n in _orders_file()["orders"])
+
+
+def paper_orders(tasks: Sequence[str], which: Sequence[int] | None = None) -> list[list[str]]:
+    """The paper's task orders for len(tasks) ∈ {8, 14, 20}, mapped onto `tasks` by position.
+
+    Paper dataset id i (1-based, `task_orders.json`) becomes `tasks[i - 1]`. `which` picks
+    orders by 1-based index (default: all ten).
+    """
+    orders = _orders_file()["orders"].get(str(len(tasks)))
+    if orders is None:
+        counts = ", ".join(map(str, paper_task_counts()))
+        raise ValueError(f"the paper has task orders for {counts} tasks, not {len(tasks)}")
+    which = list(range(1, len(orders) + 1)) if which is None else list(which)
+    if not which:
+        raise ValueError("no task orders selected")
+    for index in which:
+        if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= len(orders):
+            raise ValueError(f"paper order index must be in 1..{len(orders)}, got {index!r}")
+    if len(set(which)) != len(which):
+        raise ValueError(f"paper order indices repeat: {which}")
+    return [[tasks[i - 1] for i in orders[index - 1]] for index in which]
+
+
+def check_order(order: Sequence[str], tasks: Sequence[str], length: int | None = None) -> list[str]:
+    """Validate a custom order over the task names `tasks`; returns it as a list."""
+    order = list(order)
+    if not order:
+        raise ValueError("a task order must name at least one task")
+    unknown = [name for name in order if name not in tasks]
+    if unknown:
+        raise ValueError(f"unknown task(s) in order: {', '.join(map(repr, unknown))}; known tasks: {', '.join(tasks)}")
+    repeated = sorted({name for name in order if order.count(name) > 1})
+    if repeated:
+        raise ValueError(f"task(s) appear more than once in the order: {', '.join(repeated)}")
+    if length is not None and len(order) != length:
+        raise ValueError(f"the order has {len(order)} tasks; expected {length}")
+    return order
+
+
+def parse_order_indices(text: str, available: int = 10) -> list[int]:
+    """ "1,2,3", "1-3" or "all" -> 1-based indices into the paper's orders."""
+    text = text.strip()
+    if text == "all":
+        return list(range(1, available + 1))
+    indices: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, dash, high = part.partition("-")
+        try:
+            span = range(int(low), int(high) + 1) if dash else [int(low)]
+        except ValueError:
+            raise ValueError(f"order indices must be integers, ranges such as 1-3, or 'all'; got {part!r}") from None
+        indices.extend(span)
+    if not indices:
+        raise ValueError("no task orders given")
+    return indices
+
+
+# ---------------------------------------------------------------- method specs
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A row of the results table: a label, the merge method it runs and its options."""
+
+    label: str  # e.g. "nufilt", "null_space_only"
+    method: str  # a key of METHODS
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def method_spec(
+    label: str,
+    n_tasks: int,
+    recommended: Mapping[str, Mapping[str, Any]] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    **common: Any,
+) -> MethodSpec:
+    """Resolve a method or Table 4 ablation label to its options, lowest precedence first:
+
+    paper_options (Table 9) < backbone-recommended < overrides[method] < ablation settings <
+    overrides[label]. E.g. `overrides={"nufilt": {"steps": 100}}` also reaches the ablations.
+    `common` holds options every method takes (device, seed, layers). Options are validated
+    here (ValueError/TypeError), before any model is loaded.
+    """
+    recommended, overrides = recommended or {}, overrides or {}
+    if label in METHODS:
+        method, ablation = label, {}
+    elif label in ABLATIONS:
+        method, ablation = "nufilt", ABLATIONS[label]
+    else:
+        known = ", ".join([*METHODS, *ABLATIONS])
+        raise ValueError(f"unknown method {label!r}; known methods and ablations: {known}")
+    options = {**paper_options(method, n_tasks), **recommended.get(method, {}), **overrides.get(method, {})}
+    options.update(ablation)
+    if label != method:
+        options.update(overrides.get(label, {}))
+    options.update(common)
+    own = {key: value for key, value in options.items() if key not in COMMON_OPTIONS}
+    build_options(METHODS[method].Options, method, own)
+    return MethodSpec(label, method, options)
+
+
+# ---------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    """One method on one task order."""
+
+    method: str
+    order: list[str]
+    acc: float
+    bwt: float
+    accuracy_matrix: list[list[float]]  # row t: accuracies on order[:t+1] after step t+1
+    seconds: float  # merging time (all steps)
+    eval_seconds: float
+    base_method: str
+    options: dict[str, Any]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def run_order(
+    backbone: Backbone,
+    spec: MethodSpec,
+    order: Sequence[str],
+    progress: ProgressFn | None = None,
+) -> Run:
+    """Merge the task models of `order` one by one and score every seen task after each step."""
+    order = check_order(order, [t.name for t in backbone.tasks])
+    merger = make_merger(spec.method, backbone.pretrained_state(), **spec.options)
+    matrix: list[list[float]] = []
+    merge_seconds = eval_seconds = 0.0
+    for step, task in enumerate(order, start=1):
+        merged = merger.add(backbone.finetuned_state(task))
+        merge_seconds += merger.report.seconds
+        start = time.perf_counter()
+        scores = backbone.evaluate(merged, order[:step])
+        eval_seconds += time.perf_counter() - start
+        matrix.append([scores[name] for name in order[:step]])
+        if progress:
+            progress(f"{spec.label}: step {step}/{len(order)} ({task})", step / len(order))
+    acc, bwt = acc_bwt(matrix)
+    return Run(spec.label, order, acc, bwt, matrix, merge_seconds, eval_seconds, spec.method, dict(spec.options))
+
+
+def summarize(runs: Sequence[Run]) -> dict[str, dict[str, float]]:
+    """Mean ± std of ACC and BWT over orders, per method label (in first-seen order)."""
+    labels = list(dict.fromkeys(run.method for run in runs))
+    summary = {}
+    for label in labels:
+        mine = [run for run in runs if run.method == label]
+        acc_mean, acc_std = mean_std([run.acc for run in mine])
+        bwt_mean, bwt_std = mean_std([run.bwt for run in mine])
+        summary[label] = {
+            "acc_mean": acc_mean,
+            "acc_std": acc_std,
+            "bwt_mean": bwt_mean,
+            "bwt_std": bwt_std,
+            "n_orders": len(mine),
+            "seconds_mean": mean_std([run.seconds for run in mine])[0],
+        }
+    return summary
+
+
+def run_benchmark(
+    backbone: Backbone,
+    specs: Sequence[MethodSpec],
+    orders: Sequence[Sequence[str]],
+    progress: ProgressFn | None = None,
+) -> dict:
+    """Every method on every order; the JSON document written by `python -m nufilt run`."""
+    if not specs:
+        raise ValueError("no methods to run")
+    if not orders:
+        raise ValueError("no task orders to run")
+    names = [t.name for t in backbone.tasks]
+    orders = [check_order(order, names) for order in orders]
+    reference = backbone.reference()
+    runs: list[Run] = []
+    total = len(specs) * len(orders)
+    for i, spec in enumerate(specs):
+        for j, order in enumerate(orders):
+            done = i * len(orders) + j
+
+            def report(message: str, fraction: float, done: int = done, j: int = j) -> None:
+                if progress:
+                    progress(f"order {j + 1}/{len(orders)}, {message}", (done + fraction) / total)
+
+            runs.append(run_order(backbone, spec, order, report))
+    return {
+        "backbone": backbone.name,
+        "tasks": names,
+        "runs": [run.to_json() for run in runs],
+        "summary": summarize(runs),
+        "reference": reference,
+    }
+
+
+def reference_summary(reference: Mapping[str, Mapping[str, float]], tasks: Sequence[str]) -> dict[str, float]:
+    """Mean accuracy of each reference row (pre-trained, individual) over `tasks`."""
+    return {row: sum(scores[t] for t in tasks) / len(tasks) for row, scores in reference.items()}
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """A plain-text table in the style of the paper's Table 1 (ACC and BWT, mean ± std)."""
+    tasks = result["tasks"]
+    lines = [f"{'method':<18} {'ACC':>14} {'BWT':>14} {'orders':>6}"]
+    for row, value in reference_summary(result["reference"], tasks).items():
+        lines.append(f"{row:<18} {value:>14.1f} {'-':>14} {'-':>6}")
+    for label, s in result["summary"].items():
+        acc = f"{s['acc_mean']:.1f} ± {s['acc_std']:.1f}"
+        bwt = f"{s['bwt_mean']:.1f} ± {s['bwt_std']:.1f}"
+        lines.append(f"{label:<18} {acc:>14} {bwt:>14} {s['n_orders']:>6}")
+    return "\n".join(lines)

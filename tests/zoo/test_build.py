@@ -1,0 +1,132 @@
+"""The micro zoo: formats on disk, cache round-trip, corruption recovery, and the regime."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import CLIPVisionModel
+
+from nufilt.backbones import get_backbone
+from nufilt.backbones.tiny_vit import make_backbone
+from nufilt.cache import CacheWarning, check_integrity
+from nufilt.statedict import PAPER_NUFILT_PATTERNS, select_keys
+from nufilt.zoo import PRESETS, build
+from nufilt.zoo.build import finetuned_root, pretrained_folder
+
+MICRO = PRESETS["micro"]
+
+
+def test_registered_as_tiny_vit(micro_zoo_dir):
+    backbone = get_backbone("tiny-vit", preset="micro", cache_dir=micro_zoo_dir)
+    assert backbone.family == "clip" and backbone.name == "tiny-vit"
+    assert [t.name for t in backbone.tasks] == list(MICRO.tasks)
+    assert [t.paper_id for t in backbone.tasks] == [1, 2, 3]
+    state = backbone.pretrained_state()
+    assert select_keys(state, "paper", PAPER_NUFILT_PATTERNS, True)  # CLIP layer names
+    assert "nufilt" in backbone.recommended_options
+
+
+def test_saved_in_real_formats(micro_zoo_dir):
+    pre = pretrained_folder(MICRO, micro_zoo_dir)
+    model = CLIPVisionModel.from_pretrained(pre / "encoder")
+    assert model.config.hidden_size == MICRO.width
+    heads = load_file(pre / "heads.safetensors")
+    assert {f"{task}.weight" for task in MICRO.tasks} <= set(heads)
+    manifest = json.loads((finetuned_root(MICRO, micro_zoo_dir) / "manifest.json").read_text())
+    assert [t["name"] for t in manifest["tasks"]] == list(MICRO.tasks)
+    for task in manifest["tasks"]:
+        assert {"classes", "pretrained_accuracy", "individual_accuracy"} <= set(task)
+        assert (finetuned_root(MICRO, micro_zoo_dir) / task["name"] / "encoder" / "model.safetensors").is_file()
+    assert manifest["config"]["width"] == MICRO.width
+
+
+def test_individual_beats_pretrained_head_on_every_task(micro_zoo):
+    pretrained = micro_zoo.evaluate(micro_zoo.pretrained_state(), [t.name for t in micro_zoo.tasks])
+    for task in micro_zoo.tasks:
+        individual = micro_zoo.evaluate(micro_zoo.finetuned_state(task.name), [task.name])[task.name]
+        assert individual > pretrained[task.name] + 5, task.name
+
+
+def test_reference_matches_a_fresh_evaluation(micro_zoo):
+    reference = micro_zoo.reference()
+    names = [t.name for t in micro_zoo.tasks]
+    fresh = micro_zoo.evaluate(micro_zoo.pretrained_state(), names)
+    assert reference["pretrained"] == pytest.approx(fresh, abs=1e-6)
+    assert all(0 <= v <= 100 for row in reference.values() for v in row.values())
+
+
+def test_second_load_reuses_the_cache(micro_zoo_dir, monkeypatch):
+    first = make_backbone(preset="micro", cache_dir=micro_zoo_dir)
+    expected = first.finetuned_state("blob-quadrant")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached zoo must not be trained again")
+
+    monkeypatch.setattr(build, "pretrain", no_training)
+    monkeypatch.setattr(build, "finetune", no_training)
+    second = make_backbone(preset="micro", cache_dir=micro_zoo_dir)
+    second.prepare()
+    loaded = second.finetuned_state("blob-quadrant")
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+
+
+def test_corrupt_task_model_is_detected_reported_and_rebuilt(micro_zoo_dir, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(micro_zoo_dir, cache)
+    folder = finetuned_root(MICRO, cache) / "ring-count"
+    weights = folder / "encoder" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100:] = bytes(100)  # same size, damaged tensor bytes
+    weights.write_bytes(bytes(data))
+    assert check_integrity(folder) is not None
+    backbone = make_backbone(preset="micro", cache_dir=cache)
+    with pytest.warns(CacheWarning, match="ring-count"):
+        state = backbone.finetuned_state("ring-count")
+    assert check_integrity(folder) is None
+    assert load_file(weights).keys() == state.keys()
+    accuracy = backbone.evaluate(state, ["ring-count"])["ring-count"]
+    assert accuracy > backbone.reference()["pretrained"]["ring-count"]
+
+
+def test_interrupted_pretraining_folder_is_never_used(micro_zoo_dir, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(micro_zoo_dir, cache)
+    (pretrained_folder(MICRO, cache) / "integrity.json").unlink()  # as if killed before the end
+    backbone = make_backbone(preset="micro", cache_dir=cache)
+    with pytest.warns(CacheWarning, match="interrupted"):
+        backbone.pretrained_state()
+    assert check_integrity(pretrained_folder(MICRO, cache)) is None
+
+
+def test_cache_key_follows_the_config(tmp_path):
+    tuned = MICRO.replace(finetune_lr=1e-3)
+    assert pretrained_folder(tuned, tmp_path) == pretrained_folder(MICRO, tmp_path)
+    assert finetuned_root(tuned, tmp_path) != finetuned_root(MICRO, tmp_path)
+    assert pretrained_folder(MICRO.replace(width=64, heads=2), tmp_path) != pretrained_folder(MICRO, tmp_path)
+
+
+def test_bad_arguments_are_rejected(micro_zoo):
+    with pytest.raises(ValueError, match="unknown task"):
+        micro_zoo.finetuned_state("imagenet")
+    with pytest.raises(ValueError, match="unknown task"):
+        micro_zoo.evaluate(micro_zoo.pretrained_state(), ["imagenet"])
+    with pytest.raises(ValueError, match="n_tasks"):
+        make_backbone(preset="micro", n_tasks=4)
+    with pytest.raises(ValueError, match="preset"):
+        make_backbone(preset="huge")
+    with pytest.raises(ValueError, match="unknown ZooConfig fields"):
+        make_backbone(preset="micro", depth=3)
+    with pytest.raises(ValueError, match="divisible"):
+        MICRO.replace(width=33)
+
+
+def test_activation_batches_feed_the_encoder(micro_zoo):
+    encoder = micro_zoo.build_encoder(micro_zoo.pretrained_state())
+    batches = list(micro_zoo.activation_batches("bar-position", 10))
+    assert sum(len(b["pixel_values"]) for b in batches) == 10
+    with torch.no_grad():
+        out = encoder(**batches[0])
+    assert out.pooler_output.shape == (10, MICRO.width)
