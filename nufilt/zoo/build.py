@@ -162,23 +162,35 @@ def pretrain(config: ZooConfig, data: TaskData, progress: ProgressFn = _no_progr
 
 def fit_head(encoder: CLIPVisionModel, config: ZooConfig, data: TaskData, task: str) -> Head:
     """Logistic regression on the pre-trained features of `head_shots` examples per class."""
-    from sklearn.linear_model import LogisticRegression
-
     images, labels = data.get(task, "train")
     rng = np.random.default_rng(stable_seed("head-shots", config.seed, task))
+    n_classes = int(labels.max()) + 1
     shots = np.concatenate(
-        [
-            rng.choice(np.flatnonzero(labels.numpy() == c), config.head_shots, replace=False)
-            for c in range(int(labels.max()) + 1)
-        ]
+        [rng.choice(np.flatnonzero(labels.numpy() == c), config.head_shots, replace=False) for c in range(n_classes)]
     )
-    feats = features(encoder, images[shots]).double().numpy()
-    probe = LogisticRegression(C=config.head_l2, max_iter=2000).fit(feats, labels[shots].numpy())
-    weight = torch.tensor(probe.coef_, dtype=torch.float32)
-    bias = torch.tensor(probe.intercept_, dtype=torch.float32)
-    if weight.shape[0] == 1:  # sklearn's binary case: one logit -> two
-        weight, bias = torch.cat([-weight, weight]) / 2, torch.cat([-bias, bias]) / 2
-    return weight, bias
+    return logistic_regression(features(encoder, images[shots]), labels[shots], n_classes, config.head_l2)
+
+
+def logistic_regression(
+    feats: torch.Tensor, labels: torch.Tensor, n_classes: int, inverse_l2: float, iterations: int = 200
+) -> Head:
+    """Multinomial logistic regression minimising Σ CE + ‖W‖² / (2 C) (sklearn's objective, C =
+    `inverse_l2`; the bias is not penalised), solved by L-BFGS in float64."""
+    x, y = feats.double(), labels
+    weight = torch.zeros(n_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(x @ weight.T + bias, y, reduction="sum")
+        loss = loss + weight.pow(2).sum() / (2 * inverse_l2)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach().float(), bias.detach().float()
 
 
 def finetune(
