@@ -31,6 +31,75 @@ OTHER_PARAMS = ("keep-pretrained", "average", "task-arithmetic")
 FIRST_STEPS = ("paper", "filtered")
 
 
+def _use_gram(d_out: int, d_in: int, steps: int, rank: int) -> bool:
+    """Gram form costs d_out·d_in² once + d_in²·r per step; the direct form 2·d_out·d_in·r per step."""
+    return d_out * d_in * d_in + steps * d_in * d_in * rank < 2 * steps * d_out * d_in * rank
+
+
+def fit_lora(
+    task_vector: torch.Tensor,
+    lora_init: torch.Tensor,
+    previous_basis: torch.Tensor,
+    task_basis: torch.Tensor,
+    stability_fixed: torch.Tensor,
+    fidelity_fixed: torch.Tensor,
+    steps: int,
+    lr: float,
+    form: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Adam on Eq. 16 with hand-written gradients; returns (A, B, per-layer loss curve (L, steps+1)).
+
+    With K = τt B, C_p = A V_p, C_v = A V_v the loss is ‖X_p + K C_p‖² + ‖E_v − K C_v‖²
+    (X_p = τt P V_p, E_v = τt V_v − M V_v). Its gradients are evaluated either directly (two
+    d_out·d_in·r products per step) or through the Gram matrix G = τtᵀτt (one d_in²·r product),
+    whichever is cheaper (`form="auto"`); both are the exact gradients autograd would give.
+    """
+    lora_a = lora_init.clone()  # (L, r_l, d_in)
+    lora_b = lora_init.new_zeros(lora_init.shape[0], lora_init.shape[2], lora_init.shape[1])  # (L, d_in, r_l)
+    d_out, d_in = task_vector.shape[-2:]
+    gram = _use_gram(d_out, d_in, steps, lora_init.shape[1]) if form == "auto" else form == "gram"
+    if gram:
+        gram_matrix = task_vector.mT @ task_vector  # G: (L, d_in, d_in)
+        cross_p = task_vector.mT @ stability_fixed  # Y_p = τtᵀ X_p: (L, d_in, r_p)
+        cross_v = task_vector.mT @ fidelity_fixed  # Y_v = τtᵀ E_v: (L, d_in, r_v)
+        constant = stability_fixed.pow(2).sum(dim=(-2, -1)) + fidelity_fixed.pow(2).sum(dim=(-2, -1))
+
+    def loss_and_grads() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        coeff_p, coeff_v = lora_a @ previous_basis, lora_a @ task_basis  # C_p, C_v
+        if gram:
+            mapped = gram_matrix @ lora_b  # H = G B = τtᵀ K
+            inner = lora_b.mT @ mapped  # S = Kᵀ K
+            bc_p, bc_v = lora_b @ coeff_p, lora_b @ coeff_v
+            loss = (
+                constant
+                + 2 * (cross_p * bc_p).sum(dim=(-2, -1))
+                - 2 * (cross_v * bc_v).sum(dim=(-2, -1))
+                + (inner * (coeff_p @ coeff_p.mT + coeff_v @ coeff_v.mT)).sum(dim=(-2, -1))
+            )
+            resid_p, resid_v = cross_p + mapped @ coeff_p, mapped @ coeff_v - cross_v  # τtᵀ R_p, −τtᵀ R_v
+            grad_b = 2 * (resid_p @ coeff_p.mT + resid_v @ coeff_v.mT)
+            grad_cp, grad_cv = 2 * lora_b.mT @ resid_p, 2 * lora_b.mT @ resid_v
+        else:
+            adapted = task_vector @ lora_b  # K = τt B: (L, d_out, r_l)
+            resid_p = stability_fixed + adapted @ coeff_p  # R_p
+            resid_v = fidelity_fixed - adapted @ coeff_v  # R_v
+            loss = resid_p.pow(2).sum(dim=(-2, -1)) + resid_v.pow(2).sum(dim=(-2, -1))
+            grad_b = task_vector.mT @ (2 * (resid_p @ coeff_p.mT - resid_v @ coeff_v.mT))
+            grad_cp, grad_cv = 2 * adapted.mT @ resid_p, -2 * adapted.mT @ resid_v
+        grad_a = grad_cp @ previous_basis.mT + grad_cv @ task_basis.mT
+        return loss, grad_a, grad_b
+
+    history = []
+    if lora_init.shape[1] > 0 and steps > 0:
+        optimizer = torch.optim.Adam([lora_a, lora_b], lr=lr)
+        for _ in range(steps):
+            loss, lora_a.grad, lora_b.grad = loss_and_grads()
+            optimizer.step()
+            history.append(loss)
+    history.append(loss_and_grads()[0])
+    return lora_a, lora_b, torch.stack(history).mT
+
+
 def filter_and_adapt(
     previous: torch.Tensor,
     task_vector: torch.Tensor,
@@ -58,40 +127,19 @@ def filter_and_adapt(
     inside = task_vector @ previous_basis  # (L, d_out, r_p)
     filtered = task_vector - inside @ previous_basis.mT if null_space else task_vector
     # Eq. 16-17 with M' = τ̄ + τt (P + B A): only products with the bases are ever needed
-    stability_fixed = filtered @ previous_basis  # τt P V_p, zero when the filter is on
-    fidelity_fixed = (task_vector - previous - filtered) @ task_basis  # τt V_v − M V_v
-
-    lora_a = lora_init.clone().requires_grad_(True)  # (L, r_l, d_in)
-    lora_b = lora_init.new_zeros(lora_init.shape[0], lora_init.shape[2], lora_init.shape[1])
-    lora_b.requires_grad_(True)  # (L, d_in, r_l)
-
-    def per_layer_loss() -> torch.Tensor:
-        adapted = task_vector @ lora_b  # τt B: (L, d_out, r_l)
-        stability = stability_fixed + adapted @ (lora_a @ previous_basis)
-        fidelity = fidelity_fixed - adapted @ (lora_a @ task_basis)
-        return stability.pow(2).sum(dim=(-2, -1)) + fidelity.pow(2).sum(dim=(-2, -1))
-
-    history = []
-    rank = lora_init.shape[1]
-    with torch.enable_grad():
-        if rank > 0 and steps > 0:
-            optimizer = torch.optim.Adam([lora_a, lora_b], lr=lr)
-            for _ in range(steps):
-                optimizer.zero_grad(set_to_none=True)
-                loss = per_layer_loss()
-                loss.sum().backward()
-                optimizer.step()
-                history.append(loss.detach())
-        with torch.no_grad():
-            history.append(per_layer_loss())
-            update = filtered + (task_vector @ lora_b) @ lora_a
+    stability_fixed = filtered @ previous_basis  # X_p = τt P V_p, zero when the filter is on
+    fidelity_fixed = (task_vector - previous - filtered) @ task_basis  # E_v = τt V_v − M V_v
+    lora_a, lora_b, curve = fit_lora(
+        task_vector, lora_init, previous_basis, task_basis, stability_fixed, fidelity_fixed, steps, lr
+    )
+    update = filtered + (task_vector @ lora_b) @ lora_a
     diagnostics = {
-        "loss_curve": torch.stack(history).mT,  # (L, steps + 1)
+        "loss_curve": curve,  # (L, steps + 1)
         "removed_energy": removed_energy(task_vector, previous_basis),
         "prev_singular_values": prev_values,
         "task_singular_values": task_values,
     }
-    return update.detach(), diagnostics
+    return update, diagnostics
 
 
 @dataclass

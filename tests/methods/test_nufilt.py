@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nufilt.merge import continual_merge, make_merger
-from nufilt.methods.nufilt import Nufilt, NufiltOptions
+from nufilt.methods.nufilt import Nufilt, NufiltOptions, fit_lora
 from nufilt.statedict import PAPER_NUFILT_PATTERNS, select_keys
 from tests.factories import synthetic_tasks, tiny_clip_state
 
@@ -88,10 +88,10 @@ def _reference_step(previous, task_vector, init_a, r_p, r_v, steps, lr, null_spa
         return task_vector @ (gate + b @ a)
 
 
-@pytest.mark.parametrize("null_space", [True, False])
-def test_batched_implementation_matches_a_plain_per_layer_reference(zoo, null_space):
+@pytest.mark.parametrize("null_space,layers", [(True, "paper"), (False, "paper"), (True, "all-linear")])
+def test_batched_implementation_matches_a_plain_per_layer_reference(zoo, null_space, layers):
     pretrained, tasks = zoo
-    options = {"r_p": 6, "r_l": 4, "r_v": 3, "steps": 20, "lr": 1e-2, "null_space": null_space}
+    options = {"r_p": 6, "r_l": 4, "r_v": 3, "steps": 20, "lr": 1e-2, "null_space": null_space, "layers": layers}
     merger = make_merger("nufilt", pretrained, seed=11, **options)
     first = merger.add(tasks[0])
     second = merger.add(tasks[1])
@@ -107,6 +107,35 @@ def test_batched_implementation_matches_a_plain_per_layer_reference(zoo, null_sp
                 first[key] - pretrained[key], tasks[1][key] - pretrained[key], init, 6, 3, 20, 1e-2, null_space
             )
             torch.testing.assert_close(second[key], first[key] + update, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("form", ["gram", "direct"])
+def test_hand_written_gradients_equal_autograd(form):
+    generator = torch.Generator().manual_seed(5)
+    task_vector = torch.randn(2, 12, 9, generator=generator, dtype=torch.float64)
+    previous_basis = torch.linalg.qr(torch.randn(2, 9, 4, generator=generator, dtype=torch.float64)).Q
+    task_basis = torch.linalg.qr(torch.randn(2, 9, 2, generator=generator, dtype=torch.float64)).Q
+    fixed_p = torch.randn(2, 12, 4, generator=generator, dtype=torch.float64)
+    fixed_v = torch.randn(2, 12, 2, generator=generator, dtype=torch.float64)
+    init = 0.1 * torch.randn(2, 3, 9, generator=generator, dtype=torch.float64)
+    a, b, curve = fit_lora(task_vector, init, previous_basis, task_basis, fixed_p, fixed_v, 7, 1e-2, form=form)
+    # the same Adam run with autograd on the plain loss
+    ref_a = init.clone().requires_grad_(True)
+    ref_b = torch.zeros(2, 9, 3, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([ref_a, ref_b], lr=1e-2)
+    losses = []
+    for _ in range(7):
+        optimizer.zero_grad()
+        adapted = task_vector @ ref_b
+        loss = (fixed_p + adapted @ ref_a @ previous_basis).pow(2).sum(dim=(-2, -1)) + (
+            fixed_v - adapted @ ref_a @ task_basis
+        ).pow(2).sum(dim=(-2, -1))
+        loss.sum().backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    torch.testing.assert_close(a, ref_a.detach())
+    torch.testing.assert_close(b, ref_b.detach())
+    torch.testing.assert_close(curve[:, :7], torch.stack(losses).mT)
 
 
 def test_lora_fit_lowers_the_surrogate_loss_and_reports_diagnostics(zoo):
