@@ -79,6 +79,25 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
         return {key: self[key].clone() for key in self}
 
 
+def pick_keys(checkpoint: LazyStateDict, wanted: Iterable[str], prefixes: Iterable[str] = ("",)) -> LazyStateDict:
+    """The `wanted` keys of `checkpoint`, under the first of `prefixes` that holds all of them.
+
+    Checkpoints name the same weight differently (`vision_model.` in a full CLIP file, no prefix
+    in a CLIPVisionModel saved by transformers 5, `model.visual.` in task-vector files); one
+    prefix is used for the whole file so that a text tower's keys are never picked by accident.
+    """
+    wanted, prefixes = list(wanted), list(prefixes)
+    best: list[str] = wanted
+    for prefix in prefixes:
+        missing = [key for key in wanted if prefix + key not in checkpoint]
+        if not missing:
+            return checkpoint.renamed({key: prefix + key for key in wanted})
+        if len(missing) < len(best):
+            best = missing
+    some = ", ".join(best[:4]) + (f" and {len(best) - 4} more" if len(best) > 4 else "")
+    raise KeyError(f"checkpoint lacks {len(best)} of {len(wanted)} expected weights ({some})")
+
+
 def _safetensors_reader(path: Path) -> Callable[[str], torch.Tensor]:
     def read(name: str) -> torch.Tensor:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
@@ -118,7 +137,7 @@ def load_pickle_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UnsafeCheckpointError(
             f"{path} holds pickled Python objects (e.g. a whole nn.Module), which nufilt will not "
             "unpickle. If you trust the file, convert it once to a plain state dict:\n"
-            "  python -c \"import torch, safetensors.torch as st; "
+            '  python -c "import torch, safetensors.torch as st; '
             f"m = torch.load('{path}', weights_only=False); "
             "st.save_file({k: v.contiguous() for k, v in m.state_dict().items()}, 'out.safetensors')\""
         ) from error

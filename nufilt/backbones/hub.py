@@ -75,9 +75,7 @@ def resolve_model_dir(
 
     def fetch(allow: Sequence[str], local_only: bool) -> Path:
         return Path(
-            snapshot_download(
-                repo_id, allow_patterns=list(allow), cache_dir=cache_dir, local_files_only=local_only
-            )
+            snapshot_download(repo_id, allow_patterns=list(allow), cache_dir=cache_dir, local_files_only=local_only)
         )
 
     folder = None
@@ -117,6 +115,19 @@ def load_hf_dataset(path: str, name: str | None, split: str, cache_dir: str | No
             "Fetch it where there is network (it then stays in the datasets cache) or pass "
             "`data_dir=` with local test sets (see README, 'Real backbones').",
         ) from None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+def require_tokenizer(folder: Path) -> Path:
+    """`folder` if it holds tokenizer files; transformers 5 would silently build an empty one."""
+    if not any((Path(folder) / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer "
+            "beside the pre-trained model (`tokenizer.save_pretrained(folder)`)"
+        )
+    return Path(folder)
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:

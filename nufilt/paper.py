@@ -1,0 +1,98 @@
+"""The paper's published numbers (Table 1: CLIP, Table 2: Flan-T5) beside a run's own.
+
+`paper_reference(backbone, n_tasks)` returns the rows of the matching table column (ACC and BWT,
+mean and std over the paper's ten task orders); `comparison_table(summary, reference)` puts
+them next to the summary of `python -m nufilt run`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from importlib import resources
+
+# paper row name -> method label of this project (registry names and Table 4 ablations)
+PAPER_METHODS = {
+    "Weight Averaging": "weight_average",
+    "Task Arithmetic": "task_arithmetic",
+    "Ties-Merging": "ties",
+    "MagMax-Ind": "magmax",
+    "WUDI-Merging": "wudi",
+    "OPCM": "opcm",
+    "NUFILT (Ours)": "nufilt",
+}
+CLIP_COLUMNS = {"clip-vit-b32": "ViT-B/32", "clip-vit-b16": "ViT-B/16", "clip-vit-l14": "ViT-L/14"}
+T5_BACKBONES = ("flan-t5-base",)
+
+
+@functools.cache
+def _table(name: str) -> dict:
+    return json.loads(resources.files("nufilt.data").joinpath(name).read_text(encoding="utf-8"))
+
+
+def _row(method: str, acc=None, acc_std=None, bwt=None, bwt_std=None, reference=False) -> dict:
+    return {
+        "method": method,
+        "label": PAPER_METHODS.get(method),
+        "acc": acc,
+        "acc_std": acc_std,
+        "bwt": bwt,
+        "bwt_std": bwt_std,
+        "reference": reference,
+    }
+
+
+def paper_column(backbone: str, paper_column: str | None = None) -> str | None:
+    """'ViT-B/32' for `clip-vit-b32` (or the backbone's own `paper_column`), else None."""
+    return paper_column or CLIP_COLUMNS.get(backbone)
+
+
+def paper_reference(backbone: str, n_tasks: int, column: str | None = None) -> list[dict]:
+    """Rows of the paper's table for this backbone and task count; [] when the paper has none.
+
+    Each row: method (paper name), label (this project's method label or None), acc, acc_std,
+    bwt, bwt_std (percent; None where the paper gives none), reference (pre-trained/individual).
+    """
+    if backbone in T5_BACKBONES or (column is None and backbone.startswith("flan-t5")):
+        if n_tasks != 8:
+            return []
+        rows = _table("table2_flan_t5.json")["rows"]
+        return [
+            _row(name, row.get("ACC"), None, row.get("BWT"), reference=row.get("BWT") is None)
+            for name, row in rows.items()
+        ]
+    prefix = paper_column(backbone, column)
+    if prefix is None:
+        return []
+    table = _table("table1_clip.json")
+    key = f"{prefix}/{n_tasks}"
+    if key not in table["columns"]:
+        return []
+    out = [_row(name, values.get(key), reference=True) for name, values in table["reference_rows"].items()]
+    for name, values in table["acc"].items():
+        acc = values.get(key) or {}
+        bwt = table["bwt"].get(name, {}).get(key) or {}
+        out.append(_row(name, acc.get("mean"), acc.get("std"), bwt.get("mean"), bwt.get("std")))
+    return out
+
+
+def _cell(mean, std) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def comparison_table(summary: Mapping[str, Mapping[str, float]], reference: Sequence[Mapping]) -> str:
+    """Plain-text table: every paper row, with this run's ACC/BWT beside the matching method."""
+    if not reference:
+        return ""
+    lines = [f"{'paper row':<18} {'paper ACC':>13} {'run ACC':>13} {'paper BWT':>13} {'run BWT':>13}"]
+    for row in reference:
+        mine = summary.get(row["label"] or "", {})
+        lines.append(
+            f"{row['method']:<18} {_cell(row['acc'], row['acc_std']):>13} "
+            f"{_cell(mine.get('acc_mean'), mine.get('acc_std')):>13} "
+            f"{_cell(row['bwt'], row['bwt_std']):>13} {_cell(mine.get('bwt_mean'), mine.get('bwt_std')):>13}"
+        )
+    return "\n".join(lines)
