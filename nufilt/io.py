@@ -219,6 +219,9 @@ def save_safetensors(
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write `state` to `path` atomically (temporary file in the same folder, then rename)."""
+    bad = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if bad:
+        raise TypeError(f"only tensors can be saved; not tensors: {', '.join(bad[:5])}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "pt", **(metadata or {})}

@@ -1,0 +1,48 @@
+"""The paper's numbers beside a run's own, and the peak-memory report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nufilt.memory import memory_report, peak_rss_mb
+from nufilt.paper import comparison_table, paper_reference
+
+
+def test_clip_column_rows():
+    rows = {row["method"]: row for row in paper_reference("clip-vit-b32", 8)}
+    assert rows["NUFILT (Ours)"]["acc"] == 83.6 and rows["NUFILT (Ours)"]["acc_std"] == 0.2
+    assert rows["NUFILT (Ours)"]["label"] == "nufilt" and rows["OPCM"]["bwt"] == -6.3
+    assert rows["Pre-Trained"]["reference"] and rows["Pre-Trained"]["acc"] == 48.1
+    assert paper_reference("clip-vit-l14", 20)[0]["acc"] == 65.6
+    assert paper_reference("local:/x", 14, column="ViT-B/16")[0]["acc"] == 62.0
+
+
+def test_flan_t5_rows_and_unknown_settings():
+    rows = {row["method"]: row for row in paper_reference("flan-t5-base", 8)}
+    assert rows["NUFILT (Ours)"]["acc"] == 83.7 and rows["NUFILT (Ours)"]["bwt"] == -1.5
+    assert rows["Individual"]["reference"] and rows["Individual"]["acc"] == 86.4
+    assert paper_reference("flan-t5-base", 4) == []
+    assert paper_reference("tiny-vit", 8) == [] and paper_reference("clip-vit-b32", 5) == []
+
+
+def test_comparison_table_puts_run_numbers_beside_the_paper():
+    summary = {"nufilt": {"acc_mean": 80.04, "acc_std": 0.5, "bwt_mean": -2.0, "bwt_std": 0.1}}
+    table = comparison_table(summary, paper_reference("clip-vit-b32", 8))
+    nufilt_line = next(line for line in table.splitlines() if line.startswith("NUFILT"))
+    assert "83.6 ± 0.2" in nufilt_line and "80.0 ± 0.5" in nufilt_line and "-2.0 ± 0.1" in nufilt_line
+    opcm_line = next(line for line in table.splitlines() if line.startswith("OPCM"))
+    assert opcm_line.split()[-1] == "-"  # not run
+    assert comparison_table(summary, []) == ""
+
+
+def test_peak_memory_is_at_least_the_current_resident_size():
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        pytest.skip("needs Linux /proc")
+    block = bytearray(64 * 2**20)  # touched pages count towards the resident size
+    block[::4096] = b"x" * len(block[::4096])
+    current_kib = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS"))
+    assert peak_rss_mb() >= current_kib / 1024 >= 64
+    assert memory_report().startswith("peak memory:") and "MiB RSS" in memory_report()
