@@ -1,0 +1,119 @@
+"""The whole analysis of a backbone as one JSON-able document (`python -m nufilt analyze`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..backbones.base import Backbone
+from ..evaluation import check_order, paper_orders
+from .activations import SOURCES, selected_layers, task_statistics
+from .affinity import KINDS, affinity_matrix, affinity_table, diagonal_dominance, vector_bases
+from .dynamics import analyze_dynamics
+from .runs import CachedBackbone
+from .sweeps import rank_sweep, summarize_sweep
+
+DEFAULT_METHODS = ("nufilt", "task_arithmetic", "opcm")
+TRACE_TABLES = ("steps", "layers", "spectra", "loss_curves")
+
+
+def records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """A DataFrame as JSON-ready records (NaN -> None, NumPy scalars -> Python)."""
+    return json.loads(table.to_json(orient="records", double_precision=10))
+
+
+def matrix_json(matrix: pd.DataFrame) -> dict[str, Any]:
+    return {"rows": list(matrix.index), "columns": list(matrix.columns), "values": matrix.to_numpy().tolist()}
+
+
+def analyze(
+    backbone: Backbone,
+    order: Sequence[str] | None = None,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    n_samples: int = 256,
+    split: str = "test",
+    source: str = "pretrained",
+    r_d: int = 8,
+    r_v: int = 8,
+    top_k: int = 32,
+    sweeps: Sequence[str] = (),
+    cache_dir: str | Path | None = None,
+    progress: Callable[[str, float], None] | None = None,
+    **common: Any,
+) -> dict[str, Any]:
+    """Affinity (Fig. 2), stability/plasticity (Fig. 5), Corollary 1, the trace and optional sweeps (Fig. 4).
+
+    `order` defaults to the paper's first order for 8/14/20 tasks, else the backbone's task list.
+    `common` (device, seed) goes to every merge.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if not 1 <= r_d <= r_v:
+        raise ValueError(f"need 1 <= r_d <= r_v, got r_d={r_d}, r_v={r_v}")
+    report = progress or (lambda message, fraction: None)
+    backbone = CachedBackbone(backbone)
+    names = [t.name for t in backbone.tasks]
+    if order is None:
+        order = paper_orders(names, [1])[0] if len(names) in (8, 14, 20) else names
+    order = check_order(order, names)
+    pretrained = backbone.pretrained_state()
+    keys = selected_layers(pretrained)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    report("activation statistics", 0.0)
+    stats = task_statistics(backbone, names, keys=keys, n_samples=n_samples, split=split, source=source,
+                            cache_dir=cache_dir)
+    timings["activations"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    report("subspace affinity", 0.2)
+    bases = vector_bases(pretrained, {task: backbone.finetuned_state(task) for task in names}, keys, r_v)
+    table = affinity_table(stats, bases, r_d)
+    matrices = {kind: {stat: matrix_json(affinity_matrix(table, stat, kind)) for stat in ("mean", "p90")}
+                for kind in KINDS if kind == "all" or (table["kind"] == kind).any()}
+    timings["affinity"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    report("stability / plasticity, Corollary 1, trace", 0.4)
+    dynamics = analyze_dynamics(backbone, methods, order, stats, keys, r_d, r_v, top_k, **common)
+    per_step, per_method = dynamics.loss_summary()
+    timings["dynamics"] = time.perf_counter() - start
+
+    document: dict[str, Any] = {
+        "backbone": backbone.name,
+        "tasks": names,
+        "order": list(order),
+        "layers": keys,
+        "settings": {"n_samples": n_samples, "split": split, "source": source, "r_d": r_d, "r_v": r_v,
+                     "methods": list(methods), "top_k": top_k},
+        "affinity": {
+            "dominance": records(diagonal_dominance(table)),
+            "matrices": matrices,
+            "layers": records(table),
+        },
+        "stability_plasticity": {
+            "summary": records(per_method),
+            "per_step": records(per_step),
+            "layers": records(dynamics.losses),
+        },
+        "corollary": {"summary": records(dynamics.bound_summary()), "layers": records(dynamics.bounds)},
+        "trace": {name: records(getattr(dynamics.trace, name)) for name in TRACE_TABLES},
+    }
+    if sweeps:
+        start = time.perf_counter()
+        rows = []
+        for i, parameter in enumerate(sweeps):
+            report(f"rank sweep {parameter}", 0.6 + 0.4 * i / len(sweeps))
+            rows.append(rank_sweep(backbone, parameter, orders=[order], **common))
+        sweep_table = pd.concat(rows, ignore_index=True)
+        document["sweeps"] = {"summary": records(summarize_sweep(sweep_table)), "runs": records(sweep_table)}
+        timings["sweeps"] = time.perf_counter() - start
+    document["timings"] = timings
+    report("analysis done", 1.0)
+    return document

@@ -1,0 +1,109 @@
+"""Rank sensitivity of NUFILT (paper Fig. 4): ACC and BWT while one of r_p, r_l, r_v varies.
+
+The paper's sweeps (d_in = 768): r_p with r_l = r_v = 0; r_l with r_p = 128, r_v = 8; r_v with
+r_p = 128, r_l = 16. For a backbone of smaller width, `sweep_settings` scales r_p and r_l (values
+and fixed ranks) by d_in / 768, keeping nonzero ranks >= 1; r_v (the rank of one task's subspace)
+is not scaled, only clamped to d_in. Models are loaded once (`CachedBackbone`) so a point costs
+one merge plus the evaluations that ACC/BWT need.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from ..backbones.base import Backbone
+from ..evaluation import paper_orders, run_order
+from .activations import selected_layers
+from .runs import CachedBackbone, resolve_spec
+
+PAPER_WIDTH = 768
+PAPER_SWEEPS: dict[str, dict[str, Any]] = {
+    "r_p": {"values": (0, 32, 64, 128, 256, 384, 512), "fixed": {"r_l": 0, "r_v": 0}},
+    "r_l": {"values": (0, 4, 8, 16, 32, 64, 128), "fixed": {"r_p": 128, "r_v": 8}},
+    "r_v": {"values": (0, 2, 4, 8, 16, 32, 64), "fixed": {"r_p": 128, "r_l": 16}},
+}
+SWEEP_COLUMNS = ("parameter", "value", "order", "r_p", "r_l", "r_v", "acc", "bwt", "seconds", "eval_seconds")
+
+
+def _scaled(name: str, value: int, d_in: int) -> int:
+    if name == "r_v":
+        return min(value, d_in)
+    if value == 0:
+        return 0
+    return min(max(1, round(value * d_in / PAPER_WIDTH)), d_in)
+
+
+def sweep_settings(parameter: str, d_in: int) -> tuple[list[int], dict[str, int]]:
+    """(values, fixed ranks) of the paper's sweep of `parameter`, scaled to input width `d_in`."""
+    if parameter not in PAPER_SWEEPS:
+        raise ValueError(f"parameter must be one of {tuple(PAPER_SWEEPS)}, got {parameter!r}")
+    if isinstance(d_in, bool) or not isinstance(d_in, int) or d_in < 1:
+        raise ValueError(f"d_in must be a positive integer, got {d_in!r}")
+    paper = PAPER_SWEEPS[parameter]
+    values = sorted({_scaled(parameter, v, d_in) for v in paper["values"]})
+    fixed = {name: _scaled(name, v, d_in) for name, v in paper["fixed"].items()}
+    return values, fixed
+
+
+def layer_width(backbone: Backbone) -> int:
+    """The smallest input width among NUFILT's selected layers (768 for CLIP ViT-B)."""
+    state = backbone.pretrained_state()
+    return min(state[key].shape[1] for key in selected_layers(state))
+
+
+def rank_sweep(
+    backbone: Backbone,
+    parameter: str,
+    values: Sequence[int] | None = None,
+    fixed: Mapping[str, int] | None = None,
+    orders: Sequence[Sequence[str]] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: Callable[[str, float], None] | None = None,
+    **common: Any,
+) -> pd.DataFrame:
+    """ACC and BWT of NUFILT for each value of `parameter` ("r_p", "r_l" or "r_v").
+
+    `values` / `fixed` default to `sweep_settings` for the backbone's width; `orders` to the
+    paper's first order (or the task list when the task count has no paper orders). Other
+    NUFILT options come from the paper, the backbone's recommendations and `overrides`.
+    Returns one row per (value, order) with `SWEEP_COLUMNS`; `summarize_sweep` averages orders.
+    """
+    default_values, default_fixed = sweep_settings(parameter, layer_width(backbone))
+    values = default_values if values is None else [int(v) for v in values]
+    fixed = {**default_fixed, **(fixed or {})}
+    fixed.pop(parameter, None)
+    names = [t.name for t in backbone.tasks]
+    if orders is None:
+        orders = paper_orders(names, [1]) if len(names) in (8, 14, 20) else [names]
+    if not values or not orders:
+        raise ValueError("a sweep needs at least one value and one task order")
+    cached = CachedBackbone(backbone)
+    rows = []
+    total = len(values) * len(orders)
+    for i, value in enumerate(values):
+        options = {**dict((overrides or {}).get("nufilt", {})), **fixed, parameter: value}
+        spec = resolve_spec(cached, "nufilt", len(orders[0]), {**(overrides or {}), "nufilt": options}, **common)
+        for j, order in enumerate(orders):
+            start = time.perf_counter()
+            run = run_order(cached, spec, order)
+            ranks = {name: spec.options[name] for name in ("r_p", "r_l", "r_v")}
+            rows.append({"parameter": parameter, "value": value, "order": j + 1, **ranks, "acc": run.acc,
+                         "bwt": run.bwt, "seconds": time.perf_counter() - start, "eval_seconds": run.eval_seconds})
+            if progress:
+                progress(f"{parameter}={value}, order {j + 1}: ACC {run.acc:.1f}", (i * len(orders) + j + 1) / total)
+    return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
+
+
+def summarize_sweep(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std (population) of ACC and BWT over orders, per (parameter, value)."""
+    grouped = table.groupby(["parameter", "value"], sort=False)
+    summary = grouped[["acc", "bwt"]].agg(["mean", "std"])
+    summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
+    summary = summary.reset_index()
+    for metric in ("acc", "bwt"):
+        summary[f"{metric}_std"] = grouped[metric].std(ddof=0).to_numpy()
+    return summary
