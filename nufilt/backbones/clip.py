@@ -30,6 +30,7 @@ from .hub import (
     quiet_transformers,
     require_tokenizer,
     resolve_model_dir,
+    resolve_weights,
     seeded_subset,
 )
 
@@ -67,6 +68,11 @@ def select_tasks(specs: Mapping[str, dict], tasks: Sequence[str] | int | str | N
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(ordered)}")
     return names
+
+
+def available_tasks(found: Sequence[str], tasks: Sequence[str] | int | str | None) -> list[str]:
+    """`tasks` (None: all, n: the first n, or names) among the tasks a folder holds, in order."""
+    return select_tasks({name: {"paper_id": i} for i, name in enumerate(found, start=1)}, tasks)
 
 
 def match_task(stem: str, names: Sequence[str], aliases: Mapping[str, str] | None = None) -> str | None:
@@ -231,11 +237,14 @@ class ClipBackbone(Backbone):
         with torch.device("meta"), quiet_transformers():
             return list(CLIPVisionModel(self.config.vision_config).state_dict())
 
-    def _open(self, model_id: str, what: str) -> LazyStateDict:
-        path = Path(os.path.expanduser(model_id))
-        if path.is_file():
-            return open_checkpoint(path)
-        return open_checkpoint(resolve_model_dir(model_id, cache_dir=self.cache_dir, what=what))
+    def _finetuned_path(self, task: str) -> Path:
+        return resolve_weights(self.finetuned_id(task), cache_dir=self.cache_dir, what=f"fine-tuned model for {task!r}")
+
+    def prepare(self) -> None:
+        """Find (or fetch) every model and check its weight names up front, so a run fails early."""
+        self.pretrained_state()
+        for task in self.task_names:
+            self.finetuned_state(task)
 
     def pretrained_state(self) -> LazyStateDict:
         return pick_keys(open_checkpoint(self.pretrained_dir), self.vision_keys, VISION_PREFIXES)
@@ -249,8 +258,7 @@ class ClipBackbone(Backbone):
         return self.finetuned_pattern.format(task=task, arch=self.arch)
 
     def finetuned_state(self, task: str) -> LazyStateDict:
-        model_id = self.finetuned_id(task)
-        return pick_keys(self._open(model_id, f"fine-tuned model for {task!r}"), self.vision_keys, VISION_PREFIXES)
+        return pick_keys(open_checkpoint(self._finetuned_path(task)), self.vision_keys, VISION_PREFIXES)
 
     @property
     def tasks(self) -> list[TaskInfo]:

@@ -95,6 +95,12 @@ def resolve_model_dir(
     return folder
 
 
+def resolve_weights(model_id: str, *, cache_dir: str | os.PathLike | None = None, what: str = "model") -> Path:
+    """A weights file as it is, else the folder `resolve_model_dir` finds or fetches."""
+    path = Path(os.path.expanduser(str(model_id)))
+    return path if path.is_file() else resolve_model_dir(model_id, cache_dir=cache_dir, what=what)
+
+
 def load_hf_dataset(path: str, name: str | None, split: str, cache_dir: str | None = None):
     """`datasets.load_dataset(path, name, split=split)` with clear messages when it cannot run."""
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..io import PICKLE_SUFFIXES
 from .base import Backbone
-from .clip import ClipBackbone, clip_task_specs, match_task
+from .clip import ClipBackbone, available_tasks, clip_task_specs, match_task
 from .openclip import PRETRAINED_STEMS, TASK_ALIASES, OpenClipBackbone
 from .t5 import T5Backbone, glue_task_specs
 
@@ -74,11 +74,11 @@ def make_backbone(argument: str, **kwargs) -> Backbone:
         found = _task_entries(root, list(specs), TASK_ALIASES)
         vision = config.get("vision_config", {})
         column = PAPER_COLUMNS.get((vision.get("hidden_size"), vision.get("patch_size")))
-        kwargs.setdefault("tasks", [t for t in specs if t in found])
+        kwargs["tasks"] = available_tasks([t for t in specs if t in found], kwargs.get("tasks"))
         kwargs.setdefault("task_specs", manifest.get("task_specs", ()))
         return ClipBackbone(name, model_id=str(root / "pretrained"), finetuned=found, paper_column=column, **kwargs)
     if model_type == "t5":
         found = _task_entries(root, list(glue_task_specs()), {})
-        kwargs.setdefault("tasks", [t for t in glue_task_specs() if t in found])
+        kwargs["tasks"] = available_tasks([t for t in glue_task_specs() if t in found], kwargs.get("tasks"))
         return T5Backbone(name, model_id=str(root / "pretrained"), finetuned=found, **kwargs)
     raise ValueError(f"{config_path}: model_type {model_type!r} is not supported (clip, t5, or an open_clip folder)")

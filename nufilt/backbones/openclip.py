@@ -28,7 +28,7 @@ from torch import nn
 
 from ..io import PICKLE_SUFFIXES, LazyStateDict, open_checkpoint, pick_keys, save_safetensors
 from .base import StateDict
-from .clip import ClipBackbone, clip_task_specs, match_task, zero_shot_head
+from .clip import ClipBackbone, available_tasks, clip_task_specs, match_task, zero_shot_head
 from .hub import quiet_transformers
 
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -97,7 +97,7 @@ class OpenClipBackbone(ClipBackbone):
             raise FileNotFoundError(f"open_clip checkpoint folder not found: {self.root}")
         self.model_name = model_name
         self.pretrained_file, found = discover(self.root)
-        kwargs.setdefault("tasks", [t for t in clip_task_specs() if t in found])
+        kwargs["tasks"] = available_tasks([t for t in clip_task_specs() if t in found], kwargs.get("tasks"))
         super().__init__(f"openclip:{self.root}", model_id=str(self.root), finetuned=found, **kwargs)
 
     @functools.cached_property

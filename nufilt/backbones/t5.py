@@ -28,6 +28,7 @@ from .hub import (
     quiet_transformers,
     require_tokenizer,
     resolve_model_dir,
+    resolve_weights,
     seeded_subset,
 )
 
@@ -151,12 +152,17 @@ class T5Backbone(Backbone):
             raise ValueError(f"unknown task {task!r} for backbone {self.name!r}; known tasks: {known}")
         return str(self.finetuned_paths.get(task) or self.finetuned_pattern.format(task=task))
 
+    def _finetuned_path(self, task: str) -> Path:
+        return resolve_weights(self.finetuned_id(task), cache_dir=self.cache_dir, what=f"fine-tuned model for {task!r}")
+
+    def prepare(self) -> None:
+        """Find (or fetch) every model and check its weight names up front, so a run fails early."""
+        self.pretrained_state()
+        for task in self.task_names:
+            self.finetuned_state(task)
+
     def finetuned_state(self, task: str) -> LazyStateDict:
-        model_id = self.finetuned_id(task)
-        path = Path(os.path.expanduser(model_id))
-        if not path.is_file():
-            path = resolve_model_dir(model_id, cache_dir=self.cache_dir, what=f"fine-tuned model for {task!r}")
-        return self._pick(open_checkpoint(path))
+        return self._pick(open_checkpoint(self._finetuned_path(task)))
 
     @property
     def tasks(self) -> list[TaskInfo]:

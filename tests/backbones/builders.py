@@ -103,7 +103,8 @@ def build_clip_hub(root: Path, tasks=("mnist", "eurosat"), seed: int = 0) -> dic
             with quiet_transformers():
                 vision = CLIPVisionModel(vision_config)
             vision.load_state_dict(weights, strict=False)
-            vision.save_pretrained(folder)
+            with quiet_transformers():
+                vision.save_pretrained(folder)
         else:
             folder.mkdir(parents=True)
             vision_config.save_pretrained(folder)

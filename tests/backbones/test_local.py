@@ -36,6 +36,10 @@ def test_clip_folder_finds_tasks_in_paper_order_then_custom(clip_folder):
     assert [t.name for t in backbone.tasks] == ["eurosat", "mnist", "shapes"]
     assert backbone.task("shapes").classes == ("circle", "square", "triangle")
     assert backbone.paper_column is None  # a tiny model is no paper architecture
+    backbone.prepare()  # every model found and its weight names checked
+    assert [t.name for t in get_backbone(f"local:{clip_folder}", tasks=2).tasks] == ["eurosat", "mnist"]
+    with pytest.raises(ValueError, match="has 3 tasks"):
+        get_backbone(f"local:{clip_folder}", tasks=8)
 
 
 def test_clip_folder_loads_merges_and_scores_like_the_hub_path(clip_folder, clip_hub, tmp_path):
