@@ -123,6 +123,14 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="auto", help="merge device: auto, cpu or cuda (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    parser.add_argument(
+        "--save",
+        type=Path,
+        metavar="DIR",
+        help="write the final merged model of the first method and order as a save_pretrained folder",
+    )
+    parser.add_argument("--data-dir", type=Path, metavar="DIR", help="hub backbones: local test sets (README)")
+    parser.add_argument("--max-samples", type=int, metavar="N", help="hub backbones: test examples per task")
     parser.set_defaults(handler=run_command)
 
 
@@ -163,9 +171,10 @@ def _make_backbone(args: argparse.Namespace, progress: Callable[[str, float], No
         )
     if args.preset != "default":
         raise UsageError("--preset applies to the tiny-vit backbone only")
-    kwargs: dict[str, Any] = {"tasks": args.tasks}
-    if args.cache_dir is not None:
-        kwargs["cache_dir"] = args.cache_dir
+    kwargs: dict[str, Any] = {"tasks": args.tasks, "device": args.device}
+    for key in ("cache_dir", "data_dir", "max_samples"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
     return get_backbone(args.backbone, **kwargs)
 
 
@@ -203,6 +212,8 @@ def run_command(args: argparse.Namespace) -> int:
     overrides = parse_options(args.option)
     if args.out is not None and args.out.is_dir():
         raise UsageError(f"--out {args.out} is a directory")
+    if args.save is not None and args.save.exists() and (not args.save.is_dir() or any(args.save.iterdir())):
+        raise UsageError(f"--save {args.save} exists and is not an empty folder")
     progress = _stderr_progress(args.quiet)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -224,17 +235,114 @@ def run_command(args: argparse.Namespace) -> int:
         backbone.prepare()
     result = run_benchmark(backbone, specs, orders, progress)
     print(format_table(result))
+    _print_paper_reference(backbone, len(names), result)
     if args.out is not None:
         from .cache import atomic_write_json
 
         atomic_write_json(args.out, result)
+        print(f"wrote {args.out}", file=sys.stderr)
+    if args.save is not None:
+        _save_first_run(backbone, specs[0], result["runs"][0], args.save)
+    from .memory import memory_report
+
+    print(memory_report(), file=sys.stderr)
+    return 0
+
+
+def _print_paper_reference(backbone, n_tasks: int, result: dict) -> None:
+    from .paper import comparison_table, paper_reference
+
+    rows = paper_reference(backbone.name, n_tasks, getattr(backbone, "paper_column", None))
+    if rows:
+        print(f"\nThe paper's numbers ({n_tasks} tasks, mean ± std over its ten orders) beside this run:")
+        print(comparison_table(result["summary"], rows))
+
+
+def _save_first_run(backbone, spec, run: dict, out: Path) -> None:
+    """Merge the first method along the first order again (merging is cheap next to scoring)."""
+    from .export import save_merged
+    from .merge import make_merger
+
+    merger = make_merger(spec.method, backbone.pretrained_state(), **spec.options)
+    for task in run["order"]:
+        merged = merger.add(backbone.finetuned_state(task))
+    scores = dict(zip(run["order"], run["accuracy_matrix"][-1], strict=True))
+    card = {"method": spec.label, "options": spec.options, "order": run["order"], "scores": scores}
+    save_merged(backbone, merged, out, {**card, "acc": run["acc"], "bwt": run["bwt"]})
+    print(f"saved the merged model ({spec.label}, order 1) to {out}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- `analyze`
+
+
+def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "analyze",
+        help="subspace geometry and stability/plasticity analysis (Fig. 2, 4, 5) as JSON",
+        description=(
+            "Activation statistics of NUFILT's layers, data x vector subspace affinity (Eq. 5), "
+            "stability/plasticity losses (Eq. 3-4) and the Corollary 1 check (Eq. 11) per merge "
+            "step, a per-step trace of each run and, with --sweep, NUFILT rank sweeps (ACC/BWT). "
+            "The JSON has the tables of nufilt.analysis as lists of records."
+        ),
+        epilog="Example: python -m nufilt analyze --backbone tiny-vit --tasks 8 --out analysis.json",
+    )
+    parser.add_argument("--backbone", default="tiny-vit", help="backbone spec (default: tiny-vit, the offline zoo)")
+    parser.add_argument("--tasks", type=int, default=8, metavar="N", help="number of tasks (default: 8)")
+    parser.add_argument("--order", metavar="TASK,TASK,...", help="task order (default: the paper's first order)")
+    parser.add_argument("--methods", default="nufilt,task_arithmetic,opcm", metavar="LIST",
+                        help="methods and ablations to analyse (default: nufilt,task_arithmetic,opcm)")
+    parser.add_argument("--samples", type=int, default=256, metavar="N", help="inputs per task (default: 256)")
+    parser.add_argument("--source", default="pretrained", choices=["pretrained", "finetuned"],
+                        help="model whose activations are measured (default: pretrained)")
+    parser.add_argument("--r-d", type=int, default=8, metavar="R", help="data subspace rank (default: 8)")
+    parser.add_argument("--r-v", type=int, default=8, metavar="R", help="task-vector subspace rank (default: 8)")
+    parser.add_argument("--sweep", default="", metavar="LIST", help="rank sweeps to run: any of r_p,r_l,r_v")
+    parser.add_argument("--out", type=Path, metavar="PATH", help="write the analysis as JSON here")
+    parser.add_argument("--preset", default="default", help="tiny-vit zoo preset: default or micro (default: default)")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache folder (default: ./cache)")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="auto", help="merge device: auto, cpu or cuda (default: auto)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    parser.set_defaults(handler=analyze_command, data_dir=None, max_samples=None)
+
+
+def analyze_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from .analysis import analyze
+    from .analysis.report import format_summary
+
+    sweeps = _split_list(args.sweep)
+    if any(name not in ("r_p", "r_l", "r_v") for name in sweeps):
+        raise UsageError(f"--sweep takes r_p, r_l and/or r_v, got {args.sweep!r}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    progress = _stderr_progress(args.quiet)
+    try:
+        backbone = _make_backbone(args, progress)
+        if len(backbone.tasks) != args.tasks:
+            raise UsageError(f"backbone {args.backbone!r} has {len(backbone.tasks)} tasks, not {args.tasks}")
+        if hasattr(backbone, "prepare"):
+            backbone.prepare()
+        order = _split_list(args.order) if args.order else None
+        document = analyze(backbone, order, _resolve_methods(args.methods), n_samples=args.samples,
+                           source=args.source, r_d=args.r_d, r_v=args.r_v, sweeps=sweeps,
+                           cache_dir=args.cache_dir, progress=progress, device=args.device)
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from None
+    print(format_summary(document))
+    if args.out is not None:
+        from .cache import atomic_write_json
+
+        atomic_write_json(args.out, document)
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 
 # ---------------------------------------------------------------- entry point
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_analyze_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,9 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .backbones.hub import HubUnavailableError
+
     try:
         return args.handler(args)
     except UsageError as error:
         prog = f"{parser.prog} {args.command}"
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except HubUnavailableError as error:  # no network or cache: a message, not a traceback
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 1
