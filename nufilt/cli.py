@@ -218,7 +218,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        backbone = _make_backbone(args, progress)
+        # in a terminal tqdm shows the zoo build; elsewhere (logs, the app) the callback does
+        backbone = _make_backbone(args, None if sys.stderr.isatty() else progress)
         names = [task.name for task in backbone.tasks]
         if len(names) != args.tasks:
             raise UsageError(f"backbone {args.backbone!r} has {len(names)} tasks, not {args.tasks}")
@@ -320,7 +321,8 @@ def analyze_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     progress = _stderr_progress(args.quiet)
     try:
-        backbone = _make_backbone(args, progress)
+        # in a terminal tqdm shows the zoo build; elsewhere (logs, the app) the callback does
+        backbone = _make_backbone(args, None if sys.stderr.isatty() else progress)
         if len(backbone.tasks) != args.tasks:
             raise UsageError(f"backbone {args.backbone!r} has {len(backbone.tasks)} tasks, not {args.tasks}")
         if hasattr(backbone, "prepare"):
