@@ -117,3 +117,27 @@ def analyze(
     document["timings"] = timings
     report("analysis done", 1.0)
     return document
+
+
+def format_summary(document: dict[str, Any]) -> str:
+    """Plain-text tables of an `analyze` document: diagonal dominance, Fig. 5 losses, Corollary 1."""
+    lines = [f"{document['backbone']}, {len(document['tasks'])} tasks, {len(document['layers'])} layers; "
+             f"r_d={document['settings']['r_d']}, r_v={document['settings']['r_v']}", "",
+             f"{'affinity':<18} {'diagonal':>9} {'off-diag':>9} {'random':>9} {'dominant':>9}"]
+    for row in document["affinity"]["dominance"]:
+        lines.append(f"{row['kind'] + ' ' + row['stat']:<18} {row['diagonal']:>9.3f} {row['off_diagonal']:>9.3f} "
+                     f"{row['baseline']:>9.3f} {row['dominant_rows']:>9.2f}")
+    lines += ["", f"{'method':<18} {'stability':>11} {'plasticity':>11} {'harmonic':>11}"]
+    for row in document["stability_plasticity"]["summary"]:
+        values = " ".join(f"{row[name]:>11.4g}" for name in ("stability", "plasticity", "harmonic"))
+        lines.append(f"{row['method']:<18} {values}")
+    lines += ["", f"{'Corollary 1':<18} {'check':<11} {'holds':>7} {'rank r_d':>9} {'median lhs/rhs':>15}"]
+    for row in document["corollary"]["summary"]:
+        lines.append(f"{row['method']:<18} {row['check']:<11} {row['hold_rate']:>7.1%} "
+                     f"{row['hold_rate_rank_rd']:>9.1%} {row['median_ratio']:>15.3g}")
+    if "sweeps" in document:
+        lines += ["", f"{'sweep':<18} {'ACC':>9} {'BWT':>9}"]
+        for row in document["sweeps"]["summary"]:
+            label = f"{row['parameter']}={row['value']}"
+            lines.append(f"{label:<18} {row['acc_mean']:>9.1f} {row['bwt_mean']:>9.1f}")
+    return "\n".join(lines)
