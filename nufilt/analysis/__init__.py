@@ -18,7 +18,14 @@ from .activations import (
     selected_layers,
     task_statistics,
 )
-from .affinity import affinity_ecdf, affinity_matrix, affinity_table, diagonal_dominance, vector_bases
+from .affinity import (
+    affinity_ecdf,
+    affinity_matrix,
+    affinity_table,
+    backbone_affinity,
+    diagonal_dominance,
+    vector_bases,
+)
 from .corollary import corollary_bound, step_bounds, summarize_bounds
 from .dynamics import Dynamics, analyze_dynamics
 from .report import analyze
@@ -39,6 +46,7 @@ __all__ = [
     "affinity_table",
     "analyze",
     "analyze_dynamics",
+    "backbone_affinity",
     "collect_statistics",
     "corollary_bound",
     "diagonal_dominance",

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..backbones.base import Backbone
 from ..statedict import StateDict
 from ..subspace import affinity, random_affinity_baseline, top_right_singular_vectors
-from .activations import LayerStatistics
+from .activations import LayerStatistics, selected_layers, task_statistics
 from .layers import layer_info, stacked, vector
 
 AFFINITY_COLUMNS = (
@@ -171,3 +172,24 @@ def diagonal_dominance(table: pd.DataFrame) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(records)
+
+
+def backbone_affinity(
+    backbone: Backbone,
+    tasks: Sequence[str] | None = None,
+    r_d: int = 8,
+    r_v: int = 8,
+    keys: Sequence[str] | None = None,
+    **statistics: object,
+) -> pd.DataFrame:
+    """`affinity_table` of a backbone's tasks (default: all) on NUFILT's layers (default).
+
+    `statistics` go to `activations.activation_statistics` (n_samples, split, source, cache_dir).
+    Pass a `runs.CachedBackbone` to keep the task models in memory between calls.
+    """
+    names = [t.name for t in backbone.tasks] if tasks is None else list(tasks)
+    pretrained = backbone.pretrained_state()
+    keys = selected_layers(pretrained) if keys is None else list(keys)
+    stats = task_statistics(backbone, names, keys=keys, **statistics)
+    bases = vector_bases(pretrained, {task: backbone.finetuned_state(task) for task in names}, keys, r_v)
+    return affinity_table(stats, bases, r_d)

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from ..backbones.base import Backbone
-from .activations import LayerStatistics
+from .activations import LayerStatistics, selected_layers, task_statistics
 from .corollary import BOUND_COLUMNS, step_bounds, summarize_bounds
 from .runs import merge_steps, resolve_spec
 from .stability import LOSS_COLUMNS, step_losses, summarize_losses
@@ -36,8 +36,8 @@ def analyze_dynamics(
     backbone: Backbone,
     methods: Sequence[str],
     order: Sequence[str],
-    stats: Mapping[str, Mapping[str, LayerStatistics]],
-    keys: Sequence[str],
+    stats: Mapping[str, Mapping[str, LayerStatistics]] | None = None,
+    keys: Sequence[str] | None = None,
     r_d: int = 8,
     r_v: int = 8,
     top_k: int = 64,
@@ -46,11 +46,15 @@ def analyze_dynamics(
 ) -> Dynamics:
     """Run every method (or NUFILT ablation) on `order` once and analyse each step.
 
-    `stats` maps every task of `order` to its layer statistics (`activations.task_statistics`);
+    `stats` maps every task of `order` to its layer statistics (default: computed with
+    `activations.task_statistics` and its defaults); `keys` defaults to NUFILT's layers;
     `r_d <= r_v` are the Corollary 1 ranks; the trace's removed energy uses NUFILT's r_p for this
     backbone (so every method is measured against the same filter). `overrides` and `common`
     (device, seed, layers) go to `evaluation.method_spec`.
     """
+    keys = selected_layers(backbone.pretrained_state()) if keys is None else list(keys)
+    if stats is None:
+        stats = task_statistics(backbone, order, keys=keys)
     missing = [task for task in order if task not in stats]
     if missing:
         raise ValueError(f"no activation statistics for task(s) {missing}")

@@ -67,3 +67,14 @@ def test_analyze_returns_strict_json_with_every_part(micro_zoo, tmp_path):
     assert not any(math.isnan(r["affinity"]) for r in affinity["layers"])
     with pytest.raises(ValueError, match="r_d <= r_v"):
         analyze(micro_zoo, r_d=5, r_v=4, cache_dir=tmp_path)
+
+
+def test_backbone_affinity_is_the_table_of_the_reports_settings(micro_zoo, tmp_path):
+    from nufilt.analysis import backbone_affinity
+
+    table = backbone_affinity(micro_zoo, r_d=2, r_v=4, n_samples=32, cache_dir=tmp_path)
+    document = analyze(micro_zoo, n_samples=32, r_d=2, r_v=4, cache_dir=tmp_path, methods=("task_arithmetic",))
+    assert table["affinity"].tolist() == pytest.approx([row["affinity"] for row in document["affinity"]["layers"]])
+    two = backbone_affinity(micro_zoo, tasks=[t.name for t in micro_zoo.tasks[:2]], r_d=2, r_v=4, n_samples=32,
+                            cache_dir=tmp_path)
+    assert len(two) == 4 * len(document["layers"])
