@@ -126,22 +126,45 @@ class T5Backbone(Backbone):
         return T5Config.from_pretrained(self.pretrained_dir)
 
     @functools.cached_property
-    def model_keys(self) -> list[str]:
-        """Parameter names (tied copies once) and persistent buffers of the model."""
+    def separate_output_layer(self) -> bool:
+        """Flan-T5 files hold an output layer of their own (`lm_head.weight` unlike `shared.weight`);
+        transformers 5 then leaves it untied on load, and so do we."""
+        checkpoint = open_checkpoint(self.pretrained_dir)
+        if "lm_head.weight" not in checkpoint or "shared.weight" not in checkpoint:
+            return False
+        return not torch.equal(checkpoint["lm_head.weight"], checkpoint["shared.weight"])
+
+    def _new_model(self) -> nn.Module:
+        """An untrained T5ForConditionalGeneration tied the way `from_pretrained` would tie it."""
         from transformers import T5ForConditionalGeneration
 
-        with torch.device("meta"), quiet_transformers():
+        with _no_init(), quiet_transformers():
             model = T5ForConditionalGeneration(self.config)
+        model.tie_weights()  # no_init_weights may leave the embedding copies untied
+        if self.separate_output_layer:
+            model.lm_head.weight = nn.Parameter(torch.empty_like(model.shared.weight))
+            tied = getattr(model, "all_tied_weights_keys", None)
+            if isinstance(tied, dict):
+                tied.pop("lm_head.weight", None)
+        return model
+
+    @functools.cached_property
+    def model_keys(self) -> list[str]:
+        """Parameter names (tied copies once) and persistent buffers of the model."""
+        with torch.device("meta"):
+            model = self._new_model()
         tied = _tied(model)
         return [k for k in model.state_dict() if k not in tied]
 
     def _pick(self, checkpoint: LazyStateDict) -> LazyStateDict:
+        names = {k: k for k in checkpoint}
         if "shared.weight" not in checkpoint:
             alias = next((a for a in _SHARED_ALIASES if a in checkpoint), None)
             if alias is not None:
-                names = {k: k for k in checkpoint if k != alias}
-                checkpoint = checkpoint.renamed({**names, "shared.weight": alias})
-        return pick_keys(checkpoint, self.model_keys)
+                names["shared.weight"] = alias
+        if "lm_head.weight" in self.model_keys and "lm_head.weight" not in checkpoint and "shared.weight" in names:
+            names["lm_head.weight"] = names["shared.weight"]  # a task model saved with a tied output layer
+        return pick_keys(checkpoint.renamed(names), self.model_keys)
 
     def pretrained_state(self) -> LazyStateDict:
         return self._pick(open_checkpoint(self.pretrained_dir))
@@ -180,11 +203,7 @@ class T5Backbone(Backbone):
         ]
 
     def build_encoder(self, state: StateDict) -> nn.Module:
-        from transformers import T5ForConditionalGeneration
-
-        with _no_init(), quiet_transformers():
-            model = T5ForConditionalGeneration(self.config)
-        model.tie_weights()  # no_init_weights may leave the embedding copies untied
+        model = self._new_model()
         result = model.load_state_dict(dict(state), strict=False)
         tied = _tied(model)
         missing = [k for k in result.missing_keys if k not in tied]
@@ -192,7 +211,6 @@ class T5Backbone(Backbone):
             raise KeyError(
                 f"state does not fit the T5 model: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}"
             )
-        model.tie_weights()
         return model.eval()
 
     @functools.cached_property

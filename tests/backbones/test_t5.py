@@ -138,3 +138,39 @@ def test_hub_ids_offline(tmp_path, monkeypatch):
         backbone.pretrained_state()
     with pytest.raises(HubUnavailableError, match="tanganke/flan-t5-base_glue-rte"):
         backbone.finetuned_state("rte")
+
+
+def test_flan_t5_files_keep_their_own_output_layer(t5_hub, tmp_path):
+    """Flan-T5 checkpoints hold `lm_head.weight` apart from `shared.weight` (tie_word_embeddings
+    false); the merged state must carry it, and the exported model must load with it."""
+    from safetensors.torch import save_file
+    from transformers import T5Config
+
+    config = T5Config.from_pretrained(t5_hub["pretrained"], tie_word_embeddings=False)
+    with quiet_transformers():
+        base = T5ForConditionalGeneration.from_pretrained(t5_hub["pretrained"])
+    weights = {k: v.clone().contiguous() for k, v in base.state_dict().items() if k != "lm_head.weight"}
+    weights["lm_head.weight"] = torch.randn(weights["shared.weight"].shape, generator=torch.Generator().manual_seed(0))
+    flan = tmp_path / "flan"
+    flan.mkdir()
+    save_file(weights, str(flan / "model.safetensors"), metadata={"format": "pt"})
+    config_dict = config.to_dict()
+    config_dict["tie_word_embeddings"] = False
+    (flan / "config.json").write_text(__import__("json").dumps(config_dict))
+    AutoTokenizer.from_pretrained(t5_hub["pretrained"]).save_pretrained(flan)
+
+    backbone = get_backbone("flan-t5-base", model_id=str(flan), finetuned={"cola": str(t5_hub["cola"])}, tasks=["cola"])
+    pre = backbone.pretrained_state()
+    assert torch.equal(pre["lm_head.weight"], weights["lm_head.weight"])
+    task = backbone.finetuned_state("cola")  # saved with a tied output layer: lm_head reads shared
+    assert torch.equal(task["lm_head.weight"], task["shared.weight"])
+    with quiet_transformers():
+        reference = T5ForConditionalGeneration.from_pretrained(flan).eval()
+    ids, decoder_ids = torch.randint(0, 40, (2, 9)), torch.randint(0, 40, (2, 3))
+    with torch.no_grad():
+        expected = reference(input_ids=ids, decoder_input_ids=decoder_ids).logits
+        assert torch.equal(backbone.build_encoder(pre)(input_ids=ids, decoder_input_ids=decoder_ids).logits, expected)
+    out = save_merged(backbone, pre, tmp_path / "exported")
+    with quiet_transformers(), torch.no_grad():
+        reloaded = T5ForConditionalGeneration.from_pretrained(out).eval()
+        assert torch.equal(reloaded(input_ids=ids, decoder_input_ids=decoder_ids).logits, expected)
