@@ -294,8 +294,8 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--methods", default="nufilt,task_arithmetic,opcm", metavar="LIST",
                         help="methods and ablations to analyse (default: nufilt,task_arithmetic,opcm)")
     parser.add_argument("--samples", type=int, default=256, metavar="N", help="inputs per task (default: 256)")
-    parser.add_argument("--source", default="pretrained", choices=["pretrained", "finetuned"],
-                        help="model whose activations are measured (default: pretrained)")
+    parser.add_argument("--source", default="finetuned", choices=["pretrained", "finetuned"],
+                        help="model whose activations are measured: each task's own or θ0 (default: finetuned)")
     parser.add_argument("--r-d", type=int, default=8, metavar="R", help="data subspace rank (default: 8)")
     parser.add_argument("--r-v", type=int, default=8, metavar="R", help="task-vector subspace rank (default: 8)")
     parser.add_argument("--sweep", default="", metavar="LIST", help="rank sweeps to run: any of r_p,r_l,r_v")

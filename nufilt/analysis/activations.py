@@ -192,15 +192,16 @@ def activation_statistics(
     keys: Sequence[str] | None = None,
     n_samples: int = 256,
     split: str = "test",
-    source: str = "pretrained",
+    source: str = "finetuned",
     keep: int = 256,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
 ) -> dict[str, LayerStatistics]:
     """Input statistics of `keys` (default: NUFILT's layers) on `n_samples` inputs of `task`.
 
-    `source` picks the model that produces the activations: "pretrained" (θ0, the default: the
-    same inputs for every task vector and merge method) or "finetuned" (the task's own θt).
+    `source` picks the model that produces the activations: "finetuned" (default: the task's own
+    θt, whose inputs its task vector was fitted to and Eq. 4's reference model) or "pretrained"
+    (θ0). Either way the inputs depend only on the task, never on a merge method.
     `keep` top eigenvectors are stored per layer. Cached under `cache_dir/activations/`.
     """
     if source not in SOURCES:

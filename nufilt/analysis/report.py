@@ -37,7 +37,7 @@ def analyze(
     methods: Sequence[str] = DEFAULT_METHODS,
     n_samples: int = 256,
     split: str = "test",
-    source: str = "pretrained",
+    source: str = "finetuned",
     r_d: int = 8,
     r_v: int = 8,
     top_k: int = 32,

@@ -136,9 +136,9 @@ def test_statistics_are_cached_per_task_samples_and_source(micro_zoo, tmp_path, 
     monkeypatch.undo()
 
     other_samples = activation_statistics(micro_zoo, task, n_samples=8, cache_dir=tmp_path)
-    finetuned = activation_statistics(micro_zoo, task, n_samples=16, source="finetuned", cache_dir=tmp_path)
+    pretrained = activation_statistics(micro_zoo, task, n_samples=16, source="pretrained", cache_dir=tmp_path)
     assert len(list((tmp_path / "activations").glob("tiny-vit-*"))) == 3
     assert not torch.allclose(other_samples[keys[0]].covariance, first[keys[0]].covariance)
-    assert not torch.allclose(finetuned[keys[-1]].covariance, first[keys[-1]].covariance)
+    assert not torch.allclose(pretrained[keys[-1]].covariance, first[keys[-1]].covariance)
     with pytest.raises(ValueError, match="source"):
         activation_statistics(micro_zoo, task, source="merged", cache_dir=tmp_path)
