@@ -65,15 +65,29 @@ def test_rank_deficient_input_gives_zero_columns_not_arbitrary_directions():
     torch.testing.assert_close(null_space_projector(zero_basis), torch.eye(4))
 
 
-def test_lowrank_solver_finds_the_same_subspace_as_the_exact_one():
+@pytest.mark.parametrize("shape", [(200, 120), (120, 200)])  # tall: Gram path; wide: two products
+def test_lowrank_solver_finds_the_same_subspace_as_the_exact_one(shape):
     generator = torch.Generator().manual_seed(3)
     # a clear spectral gap after 5 directions
-    matrix = torch.randn(200, 5, generator=generator) @ torch.randn(5, 120, generator=generator)
-    matrix += 1e-3 * torch.randn(200, 120, generator=generator)
+    matrix = torch.randn(shape[0], 5, generator=generator) @ torch.randn(5, shape[1], generator=generator)
+    matrix += 1e-3 * torch.randn(*shape, generator=generator)
     exact, exact_values = top_right_singular_vectors(matrix, 5, solver="exact")
     approx, approx_values = top_right_singular_vectors(matrix, 5, solver="lowrank")
     torch.testing.assert_close(projector(approx), projector(exact), atol=1e-4, rtol=0)
     torch.testing.assert_close(approx_values, exact_values, rtol=1e-4, atol=0)
+
+
+def test_lowrank_solver_on_a_decaying_spectrum_without_gap():
+    """σ_i = 1/i: no gap at k; the default sketch still captures the top-k subspace closely."""
+    generator = torch.Generator().manual_seed(4)
+    d, k = 300, 40
+    u = torch.linalg.qr(torch.randn(d, d, generator=generator, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(d, d, generator=generator, dtype=torch.float64)).Q
+    matrix = (u / torch.arange(1, d + 1, dtype=torch.float64)) @ v.T
+    approx, values = top_right_singular_vectors(matrix, k, solver="lowrank")
+    exact, _ = top_right_singular_vectors(matrix, k, solver="exact")
+    assert float(affinity(exact, approx)) > 0.98
+    torch.testing.assert_close(values[:20], 1 / torch.arange(1, 21, dtype=torch.float64), rtol=1e-3, atol=0)
 
 
 def test_rank_out_of_range_and_unknown_solver_are_rejected():

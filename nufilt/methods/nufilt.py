@@ -109,7 +109,7 @@ def filter_and_adapt(
     steps: int,
     lr: float,
     null_space: bool = True,
-    solver: str = "exact",
+    solver: str = "auto",
     previous_basis: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """NUFILT's update τt (P + B A) for a stack of layers.
@@ -126,8 +126,9 @@ def filter_and_adapt(
     # τt P: the filtered task vector (P = I for the "no filter" ablation)
     inside = task_vector @ previous_basis  # (L, d_out, r_p)
     filtered = task_vector - inside @ previous_basis.mT if null_space else task_vector
-    # Eq. 16-17 with M' = τ̄ + τt (P + B A): only products with the bases are ever needed
-    stability_fixed = filtered @ previous_basis  # X_p = τt P V_p, zero when the filter is on
+    # Eq. 16-17 with M' = τ̄ + τt (P + B A): only products with the bases are ever needed.
+    # X_p = τt P V_p is exactly zero with the filter on (P V_p = 0), so it is not computed.
+    stability_fixed = torch.zeros_like(inside) if null_space else filtered @ previous_basis
     fidelity_fixed = (task_vector - previous - filtered) @ task_basis  # E_v = τt V_v − M V_v
     lora_a, lora_b, curve = fit_lora(
         task_vector, lora_init, previous_basis, task_basis, stability_fixed, fidelity_fixed, steps, lr
@@ -154,7 +155,7 @@ class NufiltOptions:
     other_params: str = "keep-pretrained"  # unselected parameters: see OTHER_PARAMS
     other_scale: float = 0.3  # λ when other_params == "task-arithmetic"
     first_step: str = "paper"  # "paper": θ̄1 = θ1; "filtered": the authors' code (see docs)
-    svd: str = "exact"  # "exact" thin SVD or "lowrank" randomized SVD of only the needed ranks
+    svd: str = "auto"  # bases: "exact" thin SVD, "lowrank" randomized, "auto" = lowrank for large layers
 
     def __post_init__(self) -> None:
         for name in ("r_p", "r_l", "r_v", "steps"):
