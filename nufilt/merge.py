@@ -9,7 +9,6 @@ rejected task loses nothing.
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,14 +18,7 @@ import torch
 
 from .methods import COMMON_OPTIONS, get_method
 from .methods.base import StepContext, build_options
-from .statedict import (
-    StateDict,
-    check_compatible,
-    check_finite,
-    check_state,
-    select_keys,
-    squared_norm,
-)
+from .statedict import StateDict, check_finite, scan_state, select_keys, squared_norm
 
 
 @dataclass
@@ -57,20 +49,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-def _fingerprint(state: StateDict) -> tuple[float, str]:
-    """A content fingerprint of a model, to catch a task added twice (or the pre-trained model).
-
-    The float64 sum of squares of all floating entries plus a hash of a strided sample of every
-    tensor's bytes: equal models always match; different fine-tuned models practically never.
-    """
-    digest = hashlib.blake2b(digest_size=16)
-    for key in state:
-        flat = state[key].detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 4096)].contiguous().cpu()
-        digest.update(sample.view(torch.uint8).numpy().tobytes())
-    return squared_norm(state[k] for k in state if state[k].is_floating_point()), digest.hexdigest()
-
-
 class Merger:
     """Merge task models into one, one at a time, with a registered method."""
 
@@ -78,8 +56,7 @@ class Merger:
         method_cls = get_method(method)
         common = {k: options.pop(k) for k in COMMON_OPTIONS if k in options}
         self.method = method_cls(build_options(method_cls.Options, method, options))
-        check_state(pretrained, "pretrained")
-        check_finite(pretrained, "pretrained")
+        scan = scan_state(pretrained, "pretrained")
         self.name = method
         self.pretrained = pretrained
         self.layers = common.get("layers", "paper")
@@ -93,14 +70,14 @@ class Merger:
         self.step = 0
         self.merged: dict[str, torch.Tensor] | None = None
         self.report: StepReport | None = None
-        self._fingerprints: dict[tuple[float, str], int] = {_fingerprint(pretrained): 0}
+        self._meta = scan.meta  # key -> (shape, floating): tasks are checked against it
+        self._fingerprints: dict[tuple[float, str], int] = {scan.fingerprint: 0}
 
     def add(self, task: StateDict) -> dict[str, torch.Tensor]:
         """Merge one more task model; returns θ̄t as a new dict (CPU, pre-trained dtypes)."""
         name = f"task {self.step + 1}"
-        check_compatible(self.pretrained, task, name)
-        check_finite(task, name)
-        fingerprint = _fingerprint(task)
+        scan = scan_state(task, name, self._meta, base=self.pretrained)
+        fingerprint = scan.fingerprint
         if fingerprint in self._fingerprints and not self.allow_duplicates:
             seen = self._fingerprints[fingerprint]
             what = "the pre-trained model" if seen == 0 else f"task {seen}"
@@ -135,7 +112,7 @@ class Merger:
         self.report = StepReport(
             step=self.step,
             seconds=time.perf_counter() - start,
-            task_norm=squared_norm(_vectors(task, self.pretrained)) ** 0.5,
+            task_norm=scan.delta_sq**0.5,
             merged_norm=squared_norm(_vectors(merged, self.pretrained)) ** 0.5,
             info=ctx.info,
         )

@@ -7,7 +7,9 @@ Nothing in this module mutates its inputs.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -142,6 +144,65 @@ def check_finite(state: StateDict, name: str) -> None:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise ValueError(f"{name}[{key!r}] contains {bad} NaN/Inf value(s)")
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What one read of every tensor of a state dict tells: shapes, a fingerprint, ‖θ − base‖²."""
+
+    meta: dict[str, tuple[tuple[int, ...], bool]]  # key -> (shape, is floating)
+    fingerprint: tuple[float, str]
+    delta_sq: float  # Σ ‖θ − base‖² over floating tensors (0 without a base)
+
+
+def scan_state(
+    state: StateDict,
+    name: str,
+    expected: Mapping[str, tuple[tuple[int, ...], bool]] | None = None,
+    base: StateDict | None = None,
+) -> Scan:
+    """Validate a state dict in a single pass over its tensors (each is read once).
+
+    Checks the keys, shapes and kinds against `expected` (naming the first mismatch), that every
+    floating tensor is finite (naming the key), and computes a content fingerprint (float64 sum of
+    squares plus a hash of a strided sample of every tensor's bytes: equal models always match,
+    different fine-tuned models practically never) and, with `base`, ‖state − base‖².
+    """
+    check_state(state, name)
+    if expected is not None:
+        keys = set(state)
+        missing = [k for k in expected if k not in keys]
+        if missing:
+            raise ValueError(f"{name} lacks key {missing[0]!r} of the pre-trained model ({len(missing)} missing)")
+        if len(keys) != len(expected):
+            extra = sorted(keys.difference(expected))
+            raise ValueError(f"{name} has key {extra[0]!r} that the pre-trained model lacks ({len(extra)} extra)")
+    digest = hashlib.blake2b(digest_size=16)
+    meta: dict[str, tuple[tuple[int, ...], bool]] = {}
+    total_sq = delta_sq = 0.0
+    for key in expected if expected is not None else state:
+        tensor = state[key]
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name}[{key!r}] is {type(tensor).__name__}, not a tensor")
+        shape, floating = tuple(tensor.shape), tensor.is_floating_point()
+        if expected is not None:
+            want_shape, want_floating = expected[key]
+            if shape != want_shape:
+                raise ValueError(f"shape mismatch at {key!r}: pre-trained {want_shape} vs {name} {shape}")
+            if floating != want_floating:
+                raise TypeError(f"dtype mismatch at {key!r}: pre-trained is {'' if want_floating else 'not '}"
+                                f"floating, {name} has {tensor.dtype}")
+        meta[key] = (shape, floating)
+        flat = tensor.detach().reshape(-1)
+        digest.update(flat[:: max(1, flat.numel() // 4096)].contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        if floating:
+            if not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise ValueError(f"{name}[{key!r}] contains {bad} NaN/Inf value(s)")
+            total_sq += float(torch.sum(tensor.float().pow(2), dtype=torch.float64))
+            if base is not None:
+                delta_sq += float(torch.sum((tensor.float() - base[key].float()).pow(2), dtype=torch.float64))
+    return Scan(meta, (total_sq, digest.hexdigest()), delta_sq)
 
 
 def squared_norm(tensors: Iterable[torch.Tensor]) -> float:

@@ -110,7 +110,12 @@ def analyze(
         rows = []
         for i, parameter in enumerate(sweeps):
             report(f"rank sweep {parameter}", 0.6 + 0.4 * i / len(sweeps))
-            rows.append(rank_sweep(backbone, parameter, orders=[order], **common))
+            share = (i, len(sweeps))
+
+            def sweep_progress(message: str, fraction: float, share: tuple[int, int] = share) -> None:
+                report(f"rank sweep: {message}", 0.6 + 0.4 * (share[0] + fraction) / share[1])
+
+            rows.append(rank_sweep(backbone, parameter, orders=[order], progress=sweep_progress, **common))
         sweep_table = pd.concat(rows, ignore_index=True)
         document["sweeps"] = {"summary": records(summarize_sweep(sweep_table)), "runs": records(sweep_table)}
         timings["sweeps"] = time.perf_counter() - start

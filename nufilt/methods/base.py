@@ -142,8 +142,12 @@ def group_by_shape(state: StateDict, keys: Sequence[str]) -> dict[tuple[int, ...
     return groups
 
 
-def chunks(keys: Sequence[str], shape: Sequence[int], budget: int = 1 << 26) -> list[list[str]]:
-    """Split a same-shape group so that one stacked tensor holds at most `budget` elements."""
+def chunks(keys: Sequence[str], shape: Sequence[int], budget: int = 1 << 24) -> list[list[str]]:
+    """Split a same-shape group so that one stacked tensor holds at most `budget` elements.
+
+    16 M float32 elements (64 MB) per stack keeps a step's working set to a few layers (e.g. six
+    768x3072 matrices) while still batching the small ones.
+    """
     per_matrix = max(math.prod(shape), 1)
     size = max(budget // per_matrix, 1)
     return [list(keys[i : i + size]) for i in range(0, len(keys), size)]

@@ -75,9 +75,9 @@ class Opcm(MergeMethod):
             else:
                 update = task_vector
             total = previous + update
-            sum_sq += float(total.double().pow(2).sum())
-            task_sq += float(task_vector.double().pow(2).sum())
-            sums[key] = total
+            sum_sq += float(torch.sum(total.pow(2), dtype=torch.float64))
+            task_sq += float(torch.sum(task_vector.pow(2), dtype=torch.float64))
+            sums[key] = total.cpu()  # unscaled S_t, float32 on the host until the norm is known
         self.norm_total += math.sqrt(task_sq)
         self.sum_norm = math.sqrt(sum_sq)
         mean_norm = self.norm_total / ctx.step
@@ -86,7 +86,7 @@ class Opcm(MergeMethod):
         merged = {}
         for key in ctx.pretrained:
             if key in sums:
-                merged[key] = ctx.output(key, ctx.load(ctx.pretrained, key) + sums.pop(key) * factor)
+                merged[key] = ctx.output(key, ctx.load(ctx.pretrained, key) + sums.pop(key).to(ctx.device) * factor)
             else:
                 merged[key] = ctx.pretrained[key].detach().clone()
         return merged
