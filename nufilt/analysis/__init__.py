@@ -13,6 +13,7 @@ Plain functions returning tensors, NumPy arrays or tidy pandas DataFrames, for t
 from .activations import (
     LayerStatistics,
     activation_statistics,
+    clear_memory_cache,
     collect_statistics,
     find_linear_modules,
     selected_layers,
@@ -31,7 +32,7 @@ from .dynamics import Dynamics, analyze_dynamics
 from .report import analyze
 from .runs import CachedBackbone, StepRecord, merge_steps, resolve_spec
 from .stability import harmonic_mean, quadratic_loss, step_losses, summarize_losses
-from .sweeps import rank_sweep, summarize_sweep, sweep_settings
+from .sweeps import acc_bwt_run, rank_sweep, summarize_sweep, sweep_settings
 from .trace import Trace, step_trace, trace_run
 
 __all__ = [
@@ -40,12 +41,14 @@ __all__ = [
     "LayerStatistics",
     "StepRecord",
     "Trace",
+    "acc_bwt_run",
     "activation_statistics",
     "affinity_ecdf",
     "affinity_matrix",
     "affinity_table",
     "analyze",
     "analyze_dynamics",
+    "clear_memory_cache",
     "backbone_affinity",
     "collect_statistics",
     "corollary_bound",

@@ -3,8 +3,9 @@
 The paper's sweeps (d_in = 768): r_p with r_l = r_v = 0; r_l with r_p = 128, r_v = 8; r_v with
 r_p = 128, r_l = 16. For a backbone of smaller width, `sweep_settings` scales r_p and r_l (values
 and fixed ranks) by d_in / 768, keeping nonzero ranks >= 1; r_v (the rank of one task's subspace)
-is not scaled, only clamped to d_in. Models are loaded once (`CachedBackbone`) so a point costs
-one merge plus the evaluations that ACC/BWT need.
+is not scaled, only clamped to d_in. Models are loaded once (`CachedBackbone`) and a point runs
+one merge plus only the scores ACC and BWT use: a_t(θ̄t) after each step and the final row
+(2T − 1 task evaluations instead of the full matrix's T(T+1)/2).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any
 import pandas as pd
 
 from ..backbones.base import Backbone
-from ..evaluation import paper_orders, run_order
+from ..evaluation import MethodSpec, acc_bwt, paper_orders
 from .activations import selected_layers
-from .runs import CachedBackbone, resolve_spec
+from .runs import CachedBackbone, merge_steps, resolve_spec
 
 PAPER_WIDTH = 768
 PAPER_SWEEPS: dict[str, dict[str, Any]] = {
@@ -26,7 +27,9 @@ PAPER_SWEEPS: dict[str, dict[str, Any]] = {
     "r_l": {"values": (0, 4, 8, 16, 32, 64, 128), "fixed": {"r_p": 128, "r_v": 8}},
     "r_v": {"values": (0, 2, 4, 8, 16, 32, 64), "fixed": {"r_p": 128, "r_l": 16}},
 }
-SWEEP_COLUMNS = ("parameter", "value", "order", "r_p", "r_l", "r_v", "acc", "bwt", "seconds", "eval_seconds")
+SWEEP_COLUMNS = (
+    "parameter", "value", "order", "r_p", "r_l", "r_v", "acc", "bwt", "seconds", "merge_seconds", "eval_seconds",
+)
 
 
 def _scaled(name: str, value: int, d_in: int) -> int:
@@ -53,6 +56,21 @@ def layer_width(backbone: Backbone) -> int:
     """The smallest input width among NUFILT's selected layers (768 for CLIP ViT-B)."""
     state = backbone.pretrained_state()
     return min(state[key].shape[1] for key in selected_layers(state))
+
+
+def acc_bwt_run(backbone: Backbone, spec: MethodSpec, order: Sequence[str]) -> dict[str, float]:
+    """ACC, BWT, merge and evaluation seconds of one run, scoring only what the two metrics use."""
+    merge_seconds = eval_seconds = 0.0
+    matrix: list[list[float]] = []
+    for record in merge_steps(backbone, spec, order):
+        merge_seconds += record.report.seconds
+        start = time.perf_counter()
+        seen = list(order[: record.step])
+        scores = backbone.evaluate(record.merged, seen if record.step == len(order) else [record.task])
+        eval_seconds += time.perf_counter() - start
+        matrix.append([scores.get(task, float("nan")) for task in seen])  # NaN: entries ACC/BWT never read
+    acc, bwt = acc_bwt(matrix)
+    return {"acc": acc, "bwt": bwt, "merge_seconds": merge_seconds, "eval_seconds": eval_seconds}
 
 
 def rank_sweep(
@@ -89,12 +107,13 @@ def rank_sweep(
         spec = resolve_spec(cached, "nufilt", len(orders[0]), {**(overrides or {}), "nufilt": options}, **common)
         for j, order in enumerate(orders):
             start = time.perf_counter()
-            run = run_order(cached, spec, order)
+            run = acc_bwt_run(cached, spec, order)
             ranks = {name: spec.options[name] for name in ("r_p", "r_l", "r_v")}
-            rows.append({"parameter": parameter, "value": value, "order": j + 1, **ranks, "acc": run.acc,
-                         "bwt": run.bwt, "seconds": time.perf_counter() - start, "eval_seconds": run.eval_seconds})
+            rows.append({"parameter": parameter, "value": value, "order": j + 1, **ranks, "acc": run["acc"],
+                         "bwt": run["bwt"], "seconds": time.perf_counter() - start,
+                         "merge_seconds": run["merge_seconds"], "eval_seconds": run["eval_seconds"]})
             if progress:
-                progress(f"{parameter}={value}, order {j + 1}: ACC {run.acc:.1f}", (i * len(orders) + j + 1) / total)
+                progress(f"{parameter}={value}, order {j + 1}: ACC {run['acc']:.1f}", (i * len(orders) + j + 1) / total)
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
 
 

@@ -6,7 +6,9 @@ import math
 import pytest
 
 from nufilt.analysis import analyze
-from nufilt.analysis.sweeps import SWEEP_COLUMNS, rank_sweep, summarize_sweep, sweep_settings
+from nufilt.analysis.runs import CachedBackbone, resolve_spec
+from nufilt.analysis.sweeps import SWEEP_COLUMNS, acc_bwt_run, rank_sweep, summarize_sweep, sweep_settings
+from nufilt.evaluation import run_order
 
 
 def test_sweep_settings_are_the_papers_at_768_and_scale_with_width():
@@ -18,6 +20,19 @@ def test_sweep_settings_are_the_papers_at_768_and_scale_with_width():
     assert sweep_settings("r_v", 32) == ([0, 2, 4, 8, 16, 32], {"r_p": 5, "r_l": 1})
     with pytest.raises(ValueError, match="parameter"):
         sweep_settings("r_q", 768)
+
+
+def test_a_sweep_point_scores_only_what_acc_and_bwt_need_and_agrees_with_the_full_run(micro_zoo):
+    cached = CachedBackbone(micro_zoo)
+    order = [t.name for t in cached.tasks][::-1]
+    spec = resolve_spec(cached, "nufilt", 3, {"nufilt": {"steps": 3}})
+    calls = []
+    evaluate = micro_zoo.evaluate
+    micro_zoo.evaluate = lambda state, tasks: calls.append(list(tasks)) or evaluate(state, tasks)
+    point = acc_bwt_run(cached, spec, order)
+    assert calls == [[order[0]], [order[1]], order]  # 2T - 1 task scores
+    full = run_order(cached, spec, order)
+    assert point["acc"] == pytest.approx(full.acc) and point["bwt"] == pytest.approx(full.bwt)
 
 
 def test_rank_sweep_reports_acc_bwt_per_value_and_loads_models_once(micro_zoo):
