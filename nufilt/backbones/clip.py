@@ -217,6 +217,7 @@ class ClipBackbone(Backbone):
         self.batch_size = batch_size or (256 if self.device.type == "cuda" else 32)
         self.max_samples = max_samples
         self._heads: dict[str, torch.Tensor] = {}
+        self._splits: dict[tuple[str, str, str], object] = {}  # opened once: evaluation repeats per step
 
     # -- loading
     @functools.cached_property
@@ -325,7 +326,10 @@ class ClipBackbone(Backbone):
         return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
     def _split(self, task: str, split: str):
-        return open_image_split(self.specs[task], split, self.data_dir, self.cache_dir)
+        key = (task, split, str(self.data_dir))
+        if key not in self._splits:
+            self._splits[key] = open_image_split(self.specs[task], split, self.data_dir, self.cache_dir)
+        return self._splits[key]
 
     def _logits(self, encoder: nn.Module, task: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         head, scale = self.head(task), self._text_side["logit_scale"]
