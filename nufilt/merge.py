@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .methods import COMMON_OPTIONS, get_method
 from .methods.base import StepContext, build_options
+from .spill import SpillState, layout_of
 from .statedict import StateDict, check_finite, scan_state, select_keys, squared_norm
 
 
@@ -67,8 +69,11 @@ class Merger:
             raise TypeError(f"seed must be an integer, got {seed!r}")
         self.seed = seed
         self.allow_duplicates = bool(common.get("allow_duplicates", False))
+        spill_dir = common.get("spill_dir")
+        self.spill_dir = None if spill_dir is None else Path(spill_dir)
+        self._spilled: list[SpillState] = []  # files created during the current step
         self.step = 0
-        self.merged: dict[str, torch.Tensor] | None = None
+        self.merged: Mapping[str, torch.Tensor] | None = None
         self.report: StepReport | None = None
         self._meta = scan.meta  # key -> (shape, floating): tasks are checked against it
         self._fingerprints: dict[tuple[float, str], int] = {scan.fingerprint: 0}
@@ -94,18 +99,23 @@ class Merger:
             selected=self.selected,
             device=self.device,
             seed=self.seed,
+            state_factory=None if self.spill_dir is None else self._spill_factory,
         )
         saved_state = copy.deepcopy({k: v for k, v in vars(self.method).items() if k != "options"})
         try:
             with torch.no_grad():
                 merged = self.method.step(ctx)
+            if set(merged) != set(self._meta):
+                raise RuntimeError(f"method {self.name!r} returned keys that differ from the pre-trained model")
             check_finite(merged, f"merged result of {name}")
+            merged = self._commit(merged)
         except BaseException:
             vars(self.method).update(saved_state)  # roll back O(1) method statistics
+            for spilled in self._spilled:
+                spilled.release(delete=True)
             raise
-        keys = list(self.pretrained)
-        if list(merged) != keys:
-            raise RuntimeError(f"method {self.name!r} returned keys that differ from the pre-trained model")
+        finally:
+            self._spilled = []
         self.merged = merged
         self.step += 1
         self._fingerprints[fingerprint] = self.step
@@ -116,7 +126,28 @@ class Merger:
             merged_norm=squared_norm(_vectors(merged, self.pretrained)) ** 0.5,
             info=ctx.info,
         )
-        return dict(merged)
+        return dict(merged) if isinstance(merged, dict) else merged
+
+    def _spill_factory(self, dtype: torch.dtype | None) -> SpillState:
+        """A new state file for this step (θ̄t itself, or a float32 scratch state)."""
+        assert self.spill_dir is not None
+        path = self.spill_dir / f".step{self.step + 1}-{len(self._spilled)}.tmp.safetensors"
+        state = SpillState(path, layout_of(self.pretrained, dtype))
+        self._spilled.append(state)
+        return state
+
+    def _commit(self, merged: MutableMapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """Order an in-memory result like θ0; for a spilled one, finish its file and drop the old ones."""
+        if not isinstance(merged, SpillState):
+            return {k: merged[k] for k in self._meta}
+        merged.close()
+        merged.move_to(self.spill_dir / f"merged-step{self.step + 1}.safetensors")
+        for spilled in self._spilled:
+            if spilled is not merged:
+                spilled.release(delete=True)  # scratch states
+        if isinstance(self.merged, SpillState):
+            self.merged.release(delete=True)  # the previous step's file
+        return merged
 
 
 def _vectors(state: StateDict, pretrained: StateDict) -> Iterator[torch.Tensor]:

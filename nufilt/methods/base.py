@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -30,6 +30,12 @@ class StepContext:
     device: torch.device
     seed: int
     info: dict[str, Any] = field(default_factory=dict)
+    # Where new states live: plain dicts by default; files when the merger spills to disk.
+    state_factory: Callable[[torch.dtype | None], MutableMapping[str, torch.Tensor]] | None = None
+
+    def new_state(self, dtype: torch.dtype | None = None) -> MutableMapping[str, torch.Tensor]:
+        """An empty state to write results into (any key order); `dtype` overrides floating dtypes."""
+        return {} if self.state_factory is None else self.state_factory(dtype)
 
     def load(self, state: StateDict, key: str) -> torch.Tensor:
         """A tensor as float32 on the compute device (a new tensor; the input is untouched)."""
@@ -65,8 +71,8 @@ class MergeMethod(ABC):
         self.options = options
 
     @abstractmethod
-    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        """Return θ̄t as a new dict over all keys of θ0 (CPU tensors in θ0's dtypes)."""
+    def step(self, ctx: StepContext) -> MutableMapping[str, torch.Tensor]:
+        """Return θ̄t over all keys of θ0 (CPU tensors in θ0's dtypes) in a `ctx.new_state()`."""
 
     @classmethod
     def paper_options(cls, n_tasks: int) -> dict[str, Any]:
@@ -78,13 +84,13 @@ def elementwise_step(
     ctx: StepContext,
     rule: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     other: Callable[[str], torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor]:
+) -> MutableMapping[str, torch.Tensor]:
     """Apply `rule(key, θ0, θ̄_{t−1}, θt) -> θ̄t` to selected keys.
 
     Unselected floating keys get `other(key)` (default: keep θ0); non-floating tensors (integer
     buffers) always keep θ0.
     """
-    merged: dict[str, torch.Tensor] = {}
+    merged = ctx.new_state()
     for key in ctx.pretrained:
         if key in ctx.selected:
             value = rule(key, ctx.load(ctx.pretrained, key), ctx.load(ctx.merged, key), ctx.load(ctx.task, key))
@@ -109,7 +115,7 @@ def build_options(options_cls: type, method: str, values: Mapping[str, Any]) -> 
 
 
 # Options every method accepts (handled by the Merger, not by the method itself).
-COMMON_OPTIONS = ("layers", "device", "seed", "allow_duplicates")
+COMMON_OPTIONS = ("layers", "device", "seed", "allow_duplicates", "spill_dir")
 
 
 def check_rank(name: str, value: Any) -> None:

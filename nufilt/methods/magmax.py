@@ -6,6 +6,7 @@ Ties go to the newer task vector.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ class MagMax(MergeMethod):
     Options = MagMaxOptions
     paper_layers = "all"
 
-    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def step(self, ctx: StepContext) -> MutableMapping[str, torch.Tensor]:
         scale = self.options.scale
 
         def select(key: str, base: torch.Tensor, merged: torch.Tensor, task: torch.Tensor) -> torch.Tensor:

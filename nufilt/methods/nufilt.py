@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 import torch
@@ -180,7 +181,7 @@ class Nufilt(MergeMethod):
         super().__init__(options)
         self._warned: set[str] = set()
 
-    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def step(self, ctx: StepContext) -> MutableMapping[str, torch.Tensor]:
         opts = self.options
         if ctx.step == 1 and opts.first_step == "paper":
             merged = elementwise_step(ctx, lambda key, base, prev, task: task, self._other(ctx))

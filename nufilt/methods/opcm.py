@@ -9,6 +9,7 @@ cumsum(S)/sum(S) > α. S_{t−1} is recovered from θ̄_{t−1} with two scalars
 from __future__ import annotations
 
 import math
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 import torch
@@ -61,11 +62,11 @@ class Opcm(MergeMethod):
         self.sum_norm = 0.0  # ‖S_{t−1}‖
         self.norm_total = 0.0  # Σ_i ‖τi‖ over merged tasks
 
-    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def step(self, ctx: StepContext) -> MutableMapping[str, torch.Tensor]:
         keys = ctx.floating_keys()
         # S_{t−1} = τ̄_{t−1} · ‖S_{t−1}‖ / mean_{i<t}‖τi‖  (scaling keeps bases and k unchanged)
         unscale = self.sum_norm / (self.norm_total / (ctx.step - 1)) if ctx.step > 1 else 0.0
-        sums: dict[str, torch.Tensor] = {}
+        sums = ctx.new_state(torch.float32)  # unscaled S_t until its norm is known
         sum_sq = task_sq = 0.0
         for key in keys:
             task_vector = ctx.task_vector(key)
@@ -77,13 +78,13 @@ class Opcm(MergeMethod):
             total = previous + update
             sum_sq += float(torch.sum(total.pow(2), dtype=torch.float64))
             task_sq += float(torch.sum(task_vector.pow(2), dtype=torch.float64))
-            sums[key] = total.cpu()  # unscaled S_t, float32 on the host until the norm is known
+            sums[key] = total.cpu()
         self.norm_total += math.sqrt(task_sq)
         self.sum_norm = math.sqrt(sum_sq)
         mean_norm = self.norm_total / ctx.step
         factor = mean_norm / self.sum_norm if self.sum_norm > 0 else 0.0
         ctx.info.update(sum_norm=self.sum_norm, mean_task_norm=mean_norm, scale=factor)
-        merged = {}
+        merged = ctx.new_state()
         for key in ctx.pretrained:
             if key in sums:
                 merged[key] = ctx.output(key, ctx.load(ctx.pretrained, key) + sums.pop(key).to(ctx.device) * factor)

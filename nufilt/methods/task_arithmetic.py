@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,7 @@ class TaskArithmetic(MergeMethod):
     Options = TaskArithmeticOptions
     paper_layers = "all"
 
-    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def step(self, ctx: StepContext) -> MutableMapping[str, torch.Tensor]:
         scale = self.options.scale
 
         def add(key: str, base: torch.Tensor, merged: torch.Tensor, task: torch.Tensor) -> torch.Tensor:

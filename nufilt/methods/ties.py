@@ -8,7 +8,7 @@ that agree with it ("disjoint mean"). τ̄_{t−1} = θ̄_{t−1} − θ0 is the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +58,7 @@ class Ties(MergeMethod):
     Options = TiesOptions
     paper_layers = "all"
 
-    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def step(self, ctx: StepContext) -> MutableMapping[str, torch.Tensor]:
         keys = [k for k in ctx.pretrained if k in ctx.selected]
         top_k = self.options.top_k
         merged_threshold = magnitude_threshold((ctx.merged_vector(k) for k in keys), top_k)

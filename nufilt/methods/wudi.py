@@ -7,6 +7,7 @@ For each selected weight, start from τm = τ̄_{t−1} + τt and minimise
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 import torch
@@ -56,10 +57,10 @@ class Wudi(MergeMethod):
     paper_layers = "all-linear"
     matrix_rule = True
 
-    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def step(self, ctx: StepContext) -> MutableMapping[str, torch.Tensor]:
         if ctx.step == 1:  # θ̄1 = θ1 on every floating parameter
             return elementwise_step(ctx, lambda key, base, prev, task: task, lambda key: ctx.load(ctx.task, key))
-        merged: dict[str, torch.Tensor] = {}
+        merged = ctx.new_state()
         losses: dict[str, list[float]] = {}
         selected = [k for k in ctx.pretrained if k in ctx.selected]
         for shape, group in group_by_shape(ctx.pretrained, selected).items():
@@ -79,4 +80,4 @@ class Wudi(MergeMethod):
             else:
                 merged[key] = ctx.pretrained[key].detach().clone()
         ctx.info["loss_curve"] = losses
-        return {k: merged[k] for k in ctx.pretrained}
+        return merged
