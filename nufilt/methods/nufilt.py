@@ -30,6 +30,7 @@ from .base import (
 
 OTHER_PARAMS = ("keep-pretrained", "average", "task-arithmetic")
 FIRST_STEPS = ("paper", "filtered")
+LORA_SOLVERS = ("adam", "exact")
 
 
 def _use_gram(d_out: int, d_in: int, steps: int, rank: int) -> bool:
@@ -101,6 +102,42 @@ def fit_lora(
     return lora_a, lora_b, torch.stack(history).mT
 
 
+def solve_lora_exact(
+    task_vector: torch.Tensor,
+    rank: int,
+    previous_basis: torch.Tensor,
+    task_basis: torch.Tensor,
+    stability_fixed: torch.Tensor,
+    fidelity_fixed: torch.Tensor,
+    rcond: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The minimiser of Eq. 16 over rank-r_l corrections, in closed form (not the paper's Adam).
+
+    With W = [V_p, V_v] and F = [−X_p, E_v], the loss is ‖F − τt M W‖² for M = B A of rank ≤ r_l.
+    Any N = τt M W with columns in range(τt) and rank ≤ r_l is reachable, so the optimum is the
+    truncated SVD N* = [Π F]_{r_l} (Π projects onto range(τt)), and the minimum-norm correction is
+    τt M = N* W⁺. W⁺ uses a relative cut-off `rcond`: directions where V_v nearly lies in span(V_p)
+    ask for contradicting targets, and an unregularised pseudo-inverse would blow them up.
+    Returns (τt B A, loss before and after as (L, 2)).
+    """
+    combined = torch.cat([previous_basis, task_basis], dim=-1)  # W: (L, d_in, c)
+    targets = torch.cat([-stability_fixed, fidelity_fixed], dim=-1)  # F: (L, d_out, c)
+    d_out, d_in = task_vector.shape[-2:]
+    if d_out > d_in:  # range(τt) is a proper subspace: project F onto it through the Gram matrix
+        gram = task_vector.mT @ task_vector
+        ridge = gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)[..., None, None] * 1e-6
+        eye = torch.eye(d_in, dtype=gram.dtype, device=gram.device)
+        targets = task_vector @ torch.linalg.solve(gram + ridge * eye, task_vector.mT @ targets)
+    u, s, vh = torch.linalg.svd(targets, full_matrices=False)
+    k = min(rank, s.shape[-1])
+    best = (u[..., :k] * s[..., None, :k]) @ vh[..., :k, :]  # N*
+    correction = best @ torch.linalg.pinv(combined, rtol=rcond)  # τt B A = N* W⁺: (L, d_out, d_in)
+    before = targets.new_tensor(0.0) + stability_fixed.pow(2).sum((-2, -1)) + fidelity_fixed.pow(2).sum((-2, -1))
+    after_p = (stability_fixed + correction @ previous_basis).pow(2).sum((-2, -1))
+    after_v = (fidelity_fixed - correction @ task_basis).pow(2).sum((-2, -1))
+    return correction, torch.stack([before, after_p + after_v], dim=-1)
+
+
 def filter_and_adapt(
     previous: torch.Tensor,
     task_vector: torch.Tensor,
@@ -112,6 +149,7 @@ def filter_and_adapt(
     null_space: bool = True,
     solver: str = "auto",
     previous_basis: torch.Tensor | None = None,
+    lora_solver: str = "adam",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """NUFILT's update τt (P + B A) for a stack of layers.
 
@@ -131,10 +169,16 @@ def filter_and_adapt(
     # X_p = τt P V_p is exactly zero with the filter on (P V_p = 0), so it is not computed.
     stability_fixed = torch.zeros_like(inside) if null_space else filtered @ previous_basis
     fidelity_fixed = (task_vector - previous - filtered) @ task_basis  # E_v = τt V_v − M V_v
-    lora_a, lora_b, curve = fit_lora(
-        task_vector, lora_init, previous_basis, task_basis, stability_fixed, fidelity_fixed, steps, lr
-    )
-    update = filtered + (task_vector @ lora_b) @ lora_a
+    if lora_solver == "exact" and lora_init.shape[1] > 0:
+        correction, curve = solve_lora_exact(
+            task_vector, lora_init.shape[1], previous_basis, task_basis, stability_fixed, fidelity_fixed
+        )
+        update = filtered + correction
+    else:
+        lora_a, lora_b, curve = fit_lora(
+            task_vector, lora_init, previous_basis, task_basis, stability_fixed, fidelity_fixed, steps, lr
+        )
+        update = filtered + (task_vector @ lora_b) @ lora_a
     diagnostics = {
         "loss_curve": curve,  # (L, steps + 1)
         "removed_energy": removed_energy(task_vector, previous_basis),
@@ -157,6 +201,7 @@ class NufiltOptions:
     other_scale: float = 0.3  # λ when other_params == "task-arithmetic"
     first_step: str = "paper"  # "paper": θ̄1 = θ1; "filtered": the authors' code (see docs)
     svd: str = "auto"  # bases: "exact" thin SVD, "lowrank" randomized, "auto" = lowrank for large layers
+    lora_solver: str = "adam"  # "adam": the paper's fit; "exact": closed-form minimiser of Eq. 16
 
     def __post_init__(self) -> None:
         for name in ("r_p", "r_l", "r_v", "steps"):
@@ -169,6 +214,7 @@ class NufiltOptions:
         check_choice("other_params", self.other_params, OTHER_PARAMS)
         check_choice("first_step", self.first_step, FIRST_STEPS)
         check_choice("svd", self.svd, SVD_SOLVERS)
+        check_choice("lora_solver", self.lora_solver, LORA_SOLVERS)
 
 
 class Nufilt(MergeMethod):
@@ -203,7 +249,7 @@ class Nufilt(MergeMethod):
                 init = torch.stack([self._lora_init(ctx, k, r_l, d_in) for k in keys])
                 update, diag = filter_and_adapt(
                     previous, task_vector, init, r_p, r_v, opts.steps, opts.lr,
-                    opts.null_space, opts.svd, basis,
+                    opts.null_space, opts.svd, basis, opts.lora_solver,
                 )
                 for i, key in enumerate(keys):
                     merged[key] = ctx.output(key, ctx.load(ctx.merged, key) + update[i])

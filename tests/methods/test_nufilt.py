@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nufilt.merge import continual_merge, make_merger
-from nufilt.methods.nufilt import Nufilt, NufiltOptions, fit_lora
+from nufilt.methods.nufilt import Nufilt, NufiltOptions, filter_and_adapt, fit_lora
 from nufilt.statedict import PAPER_NUFILT_PATTERNS, select_keys
 from tests.factories import synthetic_tasks, tiny_clip_state
 
@@ -232,3 +232,19 @@ def test_lowrank_svd_gives_the_same_merge_as_exact_on_low_rank_task_vectors():
     approx = list(continual_merge(pretrained, tasks, "nufilt", svd="lowrank", **options))[-1]
     for key in pretrained:
         torch.testing.assert_close(approx[key], exact[key], atol=1e-4, rtol=1e-3)
+
+
+def test_exact_lora_solver_reaches_at_most_the_adam_loss():
+    generator = torch.Generator().manual_seed(8)
+    previous = torch.randn(3, 20, 12, generator=generator, dtype=torch.float64)
+    task_vector = torch.randn(3, 20, 12, generator=generator, dtype=torch.float64)
+    init = 0.02 * torch.randn(3, 4, 12, generator=generator, dtype=torch.float64)
+    _, adam = filter_and_adapt(previous, task_vector, init, 4, 2, 300, 1e-2, solver="exact")
+    update, exact = filter_and_adapt(previous, task_vector, init, 4, 2, 300, 1e-2, solver="exact", lora_solver="exact")
+    assert exact["loss_curve"].shape == (3, 2)
+    assert (exact["loss_curve"][:, -1] <= adam["loss_curve"][:, -1] * (1 + 1e-6)).all()
+    assert (exact["loss_curve"][:, -1] < 0.5 * exact["loss_curve"][:, 0]).all()
+    merged = list(
+        continual_merge(tiny_clip_state(), synthetic_tasks(tiny_clip_state(), 2), "nufilt", lora_solver="exact")
+    )
+    assert all(torch.isfinite(v).all() for v in merged[-1].values())
