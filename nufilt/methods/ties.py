@@ -8,7 +8,7 @@ that agree with it ("disjoint mean"). τ̄_{t−1} = θ̄_{t−1} − θ0 is the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,13 +17,55 @@ from .base import MergeMethod, StepContext, check_number, elementwise_step
 from .task_arithmetic import scale_for
 
 
-def magnitude_threshold(vectors: Iterable[torch.Tensor], top_k: float) -> float:
-    """The smallest magnitude kept when keeping the top `top_k` percent of all entries."""
-    flat = torch.cat([v.abs().flatten() for v in vectors])
-    n_keep = math.ceil(flat.numel() * top_k / 100.0)
+def magnitude_threshold(vectors: Callable[[], Iterable[torch.Tensor]], top_k: float, bins: int = 4096) -> float:
+    """The smallest magnitude kept when keeping the top `top_k` percent of all entries.
+
+    Exact, without concatenating the model: `vectors()` is iterated a few times. A histogram of
+    magnitudes locates the bin holding the threshold; that bin is histogrammed again until its
+    entries fit in memory, then the threshold is selected exactly among them. Bin membership is
+    always decided by the same index arithmetic, so counts never disagree at bin edges.
+    Memory is O(bins + entries of one bin), not O(model).
+    """
+    count, top = 0, 0.0
+    for vector in vectors():
+        count += vector.numel()
+        if vector.numel():
+            top = max(top, float(vector.abs().max()))
+    n_keep = math.ceil(count * top_k / 100.0)
     if n_keep == 0:
         return math.inf
-    return float(flat.kthvalue(flat.numel() - n_keep + 1).values)
+    levels: list[tuple[float, float, int]] = []  # (low, width, chosen bin) of each narrowing
+
+    def candidates() -> Iterator[torch.Tensor]:
+        for vector in vectors():
+            values = vector.abs().flatten()
+            for low, width, chosen in levels:
+                values = values[_bin_index(values, low, width, bins) == chosen]
+            yield values
+
+    low, width, above = 0.0, top / bins, 0  # `above`: entries known to be larger than the candidates
+    while True:
+        histogram = torch.zeros(bins, dtype=torch.int64)
+        inside = 0
+        for values in candidates():
+            inside += values.numel()
+            histogram += torch.bincount(_bin_index(values, low, width, bins).cpu(), minlength=bins)
+        rank = n_keep - above  # wanted: the rank-th largest candidate
+        if inside <= (1 << 22) or width == 0:
+            gathered = torch.cat([values.cpu() for values in candidates()])
+            return float(gathered.kthvalue(gathered.numel() - rank + 1).values)
+        from_top = histogram.flip(0).cumsum(0)
+        position = int((from_top >= rank).nonzero()[0])
+        chosen = bins - 1 - position
+        above += int(from_top[position] - histogram[chosen])
+        levels.append((low, width, chosen))
+        low, width = low + chosen * width, width / bins
+
+
+def _bin_index(values: torch.Tensor, low: float, width: float, bins: int) -> torch.Tensor:
+    if width == 0:
+        return torch.zeros(values.shape, dtype=torch.long, device=values.device)
+    return ((values - low) / width).floor().clamp(0, bins - 1).long()
 
 
 def trim(vector: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -61,8 +103,8 @@ class Ties(MergeMethod):
     def step(self, ctx: StepContext) -> MutableMapping[str, torch.Tensor]:
         keys = [k for k in ctx.pretrained if k in ctx.selected]
         top_k = self.options.top_k
-        merged_threshold = magnitude_threshold((ctx.merged_vector(k) for k in keys), top_k)
-        task_threshold = magnitude_threshold((ctx.task_vector(k) for k in keys), top_k)
+        merged_threshold = magnitude_threshold(lambda: (ctx.merged_vector(k) for k in keys), top_k)
+        task_threshold = magnitude_threshold(lambda: (ctx.task_vector(k) for k in keys), top_k)
         scale = self.options.scale
 
         def combine(key: str, base: torch.Tensor, merged: torch.Tensor, task: torch.Tensor) -> torch.Tensor:

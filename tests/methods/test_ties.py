@@ -9,7 +9,7 @@ from nufilt.methods.ties import elect_and_merge, magnitude_threshold, trim
 def test_threshold_keeps_the_top_k_percent_over_all_tensors():
     vectors = [torch.tensor([1.0, -5.0, 2.0]), torch.tensor([[4.0, -3.0], [0.5, 6.0]])]
     # 7 entries, top 40% -> 3 kept: 6, -5, 4
-    threshold = magnitude_threshold(vectors, 40.0)
+    threshold = magnitude_threshold(lambda: vectors, 40.0)
     assert threshold == 4.0
     kept = sum(int((trim(v, threshold) != 0).sum()) for v in vectors)
     assert kept == 3
@@ -31,3 +31,15 @@ def test_continual_ties_adds_scaled_ties_of_previous_merged_and_new_task_vectors
     torch.testing.assert_close(merged[0]["w.weight"], torch.tensor([[5.0, 0.0, 0.0, 0.0, 0.0]]))
     # step 2: trimmed τ̄1 = [5,0,0,0,0], trimmed τ2 = [0,-8,0,0,0] -> disjoint, no conflict
     torch.testing.assert_close(merged[1]["w.weight"], torch.tensor([[7.5, -4.0, 0.0, 0.0, 0.0]]))
+
+
+def test_streaming_threshold_equals_a_global_kthvalue_without_concatenating():
+    generator = torch.Generator().manual_seed(0)
+    # heavy-tailed values, many ties at zero, and more entries than one histogram bin may hold
+    heavy = torch.randn(1500, 2000, generator=generator) ** 3
+    vectors = [heavy, torch.zeros(700, 3000), torch.randn(10, generator=generator), heavy[:5].clone()]
+    flat = torch.cat([v.abs().flatten() for v in vectors])
+    for top_k in (0.001, 1.0, 20.0, 63.0, 100.0):
+        n_keep = -(-flat.numel() * top_k // 100)
+        expected = float(flat.kthvalue(int(flat.numel() - n_keep + 1)).values)
+        assert magnitude_threshold(lambda: vectors, top_k, bins=64) == expected
