@@ -44,11 +44,11 @@ class Backbone(ABC):
         """All tasks this backbone can merge, in the paper's numbering order where there is one."""
 
     @abstractmethod
-    def pretrained_state(self) -> dict[str, torch.Tensor]:
-        """The pre-trained weights of the mergeable encoder (CPU tensors)."""
+    def pretrained_state(self) -> StateDict:
+        """The pre-trained weights of the mergeable encoder (CPU tensors; may be a lazy mapping)."""
 
     @abstractmethod
-    def finetuned_state(self, task: str) -> dict[str, torch.Tensor]:
+    def finetuned_state(self, task: str) -> StateDict:
         """The weights of the encoder fine-tuned on `task` (same keys and shapes as pre-trained)."""
 
     @abstractmethod
