@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -135,15 +136,28 @@ def check_compatible(reference: StateDict, other: StateDict, name: str) -> None:
             raise TypeError(f"dtype mismatch at {key!r}: pre-trained {a.dtype} vs {name} {b.dtype}")
 
 
+def _checked_norm(tensor: torch.Tensor, name: str, key: str) -> float:
+    """‖tensor‖ (float32), raising ValueError naming the key if it holds NaN/Inf.
+
+    A finite norm proves every entry finite; only a non-finite one (NaN/Inf, or an overflow of
+    huge but finite values) pays for the element-wise check.
+    """
+    norm = float(torch.linalg.vector_norm(tensor.float()))
+    if not math.isfinite(norm):
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ValueError(f"{name}[{key!r}] contains {bad} NaN/Inf value(s)")
+    return norm
+
+
 def check_finite(state: StateDict, name: str) -> None:
     """Every floating tensor is free of NaN/Inf; names the first offending key."""
     for key in state:
         tensor = state[key]
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name}[{key!r}] is {type(tensor).__name__}, not a tensor")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise ValueError(f"{name}[{key!r}] contains {bad} NaN/Inf value(s)")
+        if tensor.is_floating_point():
+            _checked_norm(tensor, name, key)
 
 
 @dataclass(frozen=True)
@@ -196,21 +210,16 @@ def scan_state(
         flat = tensor.detach().reshape(-1)
         digest.update(flat[:: max(1, flat.numel() // 4096)].contiguous().cpu().view(torch.uint8).numpy().tobytes())
         if floating:
-            if not bool(torch.isfinite(tensor).all()):
-                bad = int((~torch.isfinite(tensor)).sum())
-                raise ValueError(f"{name}[{key!r}] contains {bad} NaN/Inf value(s)")
-            total_sq += float(torch.sum(tensor.float().pow(2), dtype=torch.float64))
+            norm = _checked_norm(tensor, name, key)
+            total_sq += norm * norm
             if base is not None:
-                delta_sq += float(torch.sum((tensor.float() - base[key].float()).pow(2), dtype=torch.float64))
+                delta_sq += float(torch.linalg.vector_norm(tensor.float() - base[key].float())) ** 2
     return Scan(meta, (total_sq, digest.hexdigest()), delta_sq)
 
 
 def squared_norm(tensors: Iterable[torch.Tensor]) -> float:
-    """Sum of squares over many tensors, accumulated in float64."""
-    total = 0.0
-    for tensor in tensors:
-        total += float(tensor.double().pow(2).sum())
-    return total
+    """Sum of squares over many tensors (per-tensor float32 norms, summed in Python floats)."""
+    return sum(float(torch.linalg.vector_norm(tensor.float())) ** 2 for tensor in tensors)
 
 
 def clone_state(state: StateDict) -> dict[str, torch.Tensor]:
