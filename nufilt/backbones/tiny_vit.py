@@ -19,6 +19,7 @@ from ..zoo.build import (
     accuracy,
     build_zoo,
     encoder_from_state,
+    ensure_heads,
     ensure_pretrained,
     ensure_task,
     features,
@@ -122,8 +123,11 @@ class TinyViTBackbone(Backbone):
         return load_state(folder / "encoder")
 
     def heads(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The frozen head of each task: (weight (classes, width), bias), on normalised features."""
         if self._heads is None:
-            self._heads = load_heads(self._pretrained_folder())
+            with _threads(self.threads):
+                folder = ensure_heads(self.config, self.cache_dir, self._data, self._progress)
+            self._heads = load_heads(folder)
         return self._heads
 
     # ------------------------------------------------------------ evaluation

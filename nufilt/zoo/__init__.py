@@ -1,6 +1,6 @@
 """The embedded offline benchmark: generated tasks and a tiny CLIP-style model zoo."""
 
-from .build import build_zoo, ensure_pretrained, ensure_task
+from .build import build_zoo, ensure_heads, ensure_pretrained, ensure_task
 from .config import PRESETS, ZooConfig, resolve_config
 from .tasks import PRETRAIN_TASKS, TASK_GROUPS, TASKS, TaskSpec, make_split, stable_seed, task_spec
 
@@ -12,6 +12,7 @@ __all__ = [
     "TaskSpec",
     "ZooConfig",
     "build_zoo",
+    "ensure_heads",
     "ensure_pretrained",
     "ensure_task",
     "make_split",

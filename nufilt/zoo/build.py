@@ -6,9 +6,10 @@ Recipe (the analog of the paper's CLIP setting, scaled to 2 CPU cores):
    and freeze it (the analog of CLIP's zero-shot text head);
 3. per task, fine-tune the encoder only, with small steps, against the frozen head.
 
-Cache layout (all under `cache_dir`, see `nufilt.cache`):
-    tiny-vit-<pretrain key>/pretrained/            encoder/ (save_pretrained), heads.safetensors
-    tiny-vit-<pretrain key>/finetuned-<key>/<task>/ encoder/ (save_pretrained), task.json
+Cache layout (all under `cache_dir`, see `nufilt.cache`; each <key> hashes a config stage):
+    tiny-vit-<pretrain key>/pretrained/              encoder/ (save_pretrained), pretrained.json
+    tiny-vit-<pretrain key>/heads-<key>/             heads.safetensors, heads.json
+    tiny-vit-<pretrain key>/finetuned-<key>/<task>/  encoder/ (save_pretrained), task.json
     tiny-vit-<pretrain key>/finetuned-<key>/manifest.json   tasks, classes, accuracies, config
 """
 
@@ -64,7 +65,7 @@ def encoder_config(config: ZooConfig) -> CLIPVisionConfig:
         hidden_size=config.width,
         intermediate_size=4 * config.width,
         num_hidden_layers=config.layers,
-        num_attention_heads=config.heads,
+        num_attention_heads=config.attention_heads,
         num_channels=1,
         image_size=16,
         patch_size=config.patch_size,
@@ -91,8 +92,9 @@ def features(encoder: CLIPVisionModel, images: torch.Tensor, batch: int = 2048) 
 
 
 def head_logits(feats: torch.Tensor, head: Head) -> torch.Tensor:
+    """Logits of a head on L2-normalised features (as CLIP scores image against text)."""
     weight, bias = head
-    return feats @ weight.T + bias
+    return nn.functional.normalize(feats, dim=-1) @ weight.T + bias
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -161,14 +163,26 @@ def pretrain(config: ZooConfig, data: TaskData, progress: ProgressFn = _no_progr
 
 
 def fit_head(encoder: CLIPVisionModel, config: ZooConfig, data: TaskData, task: str) -> Head:
-    """Logistic regression on the pre-trained features of `head_shots` examples per class."""
+    """A frozen head from `head_shots` labelled examples per class, scaled to `head_scale`.
+
+    "prototype": the normalised mean feature of each class (what a zero-shot text embedding is
+    to CLIP), no bias. "logistic": a logistic-regression probe on the normalised features.
+    """
     images, labels = data.get(task, "train")
     rng = np.random.default_rng(stable_seed("head-shots", config.seed, task))
     n_classes = int(labels.max()) + 1
     shots = np.concatenate(
         [rng.choice(np.flatnonzero(labels.numpy() == c), config.head_shots, replace=False) for c in range(n_classes)]
     )
-    return logistic_regression(features(encoder, images[shots]), labels[shots], n_classes, config.head_l2)
+    feats = nn.functional.normalize(features(encoder, images[shots]), dim=-1)
+    if config.head_kind == "prototype":
+        means = torch.stack([feats[labels[shots] == c].mean(dim=0) for c in range(n_classes)])
+        weight, bias = nn.functional.normalize(means, dim=-1), torch.zeros(n_classes)
+    else:
+        weight, bias = logistic_regression(feats, labels[shots], n_classes, inverse_l2=1.0)
+        norm = weight.norm(dim=1).mean().clamp_min(1e-12)
+        weight, bias = weight / norm, bias / norm
+    return config.head_scale * weight, config.head_scale * bias
 
 
 def logistic_regression(
@@ -205,6 +219,10 @@ def finetune(
     encoder = encoder_from_state(config, pretrained).train()
     images, labels = data.get(task, "train")
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.finetune_lr)
+    warmup = max(1, config.finetune_steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _warmup_cosine(step, config.finetune_steps, warmup)
+    )
     generator = torch.Generator().manual_seed(stable_seed("finetune-batches", config.seed, task) % 2**63)
     bar = tqdm(range(config.finetune_steps), desc=f"fine-tuning {task}", leave=False, disable=None)
     for step in bar:
@@ -214,6 +232,7 @@ def finetune(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         if step % 20 == 0 or step == config.finetune_steps - 1:
             bar.set_postfix(loss=f"{loss.item():.3f}")
             progress(f"fine-tuning {task}: step {step + 1}/{config.finetune_steps}", (step + 1) / config.finetune_steps)
@@ -232,15 +251,19 @@ def task_vector_ratio(pretrained: Mapping[str, torch.Tensor], finetuned: Mapping
 
 def zoo_folder(config: ZooConfig, cache_dir: str | Path | None = None) -> Path:
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / f"tiny-vit-{config_hash(config.pretrain_fields())}"
+    return root / f"tiny-vit-{config_hash(config.stage_fields('pretrain'))}"
 
 
 def pretrained_folder(config: ZooConfig, cache_dir: str | Path | None = None) -> Path:
     return zoo_folder(config, cache_dir) / "pretrained"
 
 
+def heads_folder(config: ZooConfig, cache_dir: str | Path | None = None) -> Path:
+    return zoo_folder(config, cache_dir) / f"heads-{config_hash(config.stage_fields('heads'))}"
+
+
 def finetuned_root(config: ZooConfig, cache_dir: str | Path | None = None) -> Path:
-    return zoo_folder(config, cache_dir) / f"finetuned-{config_hash(config.finetune_fields())}"
+    return zoo_folder(config, cache_dir) / f"finetuned-{config_hash(config.stage_fields('finetune'))}"
 
 
 def _save_encoder(config: ZooConfig, state: Mapping[str, torch.Tensor], folder: Path) -> None:
@@ -265,25 +288,43 @@ def ensure_pretrained(
     data: TaskData | None = None,
     progress: ProgressFn = _no_progress,
 ) -> Path:
-    """The verified folder of the pre-trained encoder and the frozen heads (built if needed)."""
+    """The verified folder of the pre-trained encoder (built if needed)."""
     data = data or TaskData(config)
 
     def build(folder: Path) -> None:
         start = time.perf_counter()
         encoder = pretrain(config, data, progress)
         seconds = time.perf_counter() - start
+        _save_encoder(config, encoder.state_dict(), folder / "encoder")
+        atomic_write_json(folder / "pretrained.json", {"config": config.stage_fields("pretrain"), "seconds": seconds})
+
+    folder, _ = ensure_entry(pretrained_folder(config, cache_dir), build)
+    return folder
+
+
+def ensure_heads(
+    config: ZooConfig,
+    cache_dir: str | Path | None = None,
+    data: TaskData | None = None,
+    progress: ProgressFn = _no_progress,
+) -> Path:
+    """The verified folder of the frozen heads of `config.tasks` and the pre-trained accuracies."""
+    data = data or TaskData(config)
+    encoder_folder = ensure_pretrained(config, cache_dir, data, progress) / "encoder"
+
+    def build(folder: Path) -> None:
+        encoder = encoder_from_state(config, load_state(encoder_folder))
         heads = {task: fit_head(encoder, config, data, task) for task in config.tasks}
         pretrained = {}
         for task, head in heads.items():
             images, labels = data.get(task, "test")
             pretrained[task] = accuracy(head_logits(features(encoder, images), head), labels)
-        _save_encoder(config, encoder.state_dict(), folder / "encoder")
-        tensors = {f"{task}.{part}": t for task, (w, b) in heads.items() for part, t in (("weight", w), ("bias", b))}
+        tensors = {f"{task}.weight": w for task, (w, _) in heads.items()}
+        tensors.update({f"{task}.bias": b for task, (_, b) in heads.items()})
         atomic_save_tensors(folder / "heads.safetensors", tensors)
-        info = {"config": config.pretrain_fields(), "pretrain_seconds": seconds, "accuracy": pretrained}
-        atomic_write_json(folder / "pretrained.json", info)
+        atomic_write_json(folder / "heads.json", {"config": config.stage_fields("heads"), "accuracy": pretrained})
 
-    folder, _ = ensure_entry(pretrained_folder(config, cache_dir), build)
+    folder, _ = ensure_entry(heads_folder(config, cache_dir), build)
     return folder
 
 
@@ -298,11 +339,11 @@ def ensure_task(
     if task not in config.tasks:
         raise ValueError(f"task {task!r} is not in this zoo; known tasks: {', '.join(config.tasks)}")
     data = data or TaskData(config)
-    base = ensure_pretrained(config, cache_dir, data, progress)
+    heads = ensure_heads(config, cache_dir, data, progress)
 
     def build(folder: Path) -> None:
-        pretrained = load_state(base / "encoder")
-        head = load_heads(base)[task]
+        pretrained = load_state(pretrained_folder(config, cache_dir) / "encoder")
+        head = load_heads(heads)[task]
         start = time.perf_counter()
         state = finetune(pretrained, head, config, data, task, progress)
         seconds = time.perf_counter() - start
@@ -328,15 +369,13 @@ def build_zoo(
     cache_dir: str | Path | None = None,
     progress: ProgressFn = _no_progress,
 ) -> dict:
-    """Build (or verify) the pre-trained model and the fine-tuned `tasks`; returns the manifest.
-
-    `progress(message, fraction)` receives the overall fraction done (pre-training counts as a
-    quarter of the work when it has to run).
-    """
+    """Build (or verify) the pre-trained model, the heads and the fine-tuned `tasks`; returns the
+    manifest. `progress(message, fraction)` receives the overall fraction done (pre-training
+    counts as a quarter of the work when it has to run)."""
     tasks = list(config.tasks if tasks is None else tasks)
     data = TaskData(config)
     pre_share = 0.0 if pretrained_folder(config, cache_dir).exists() else 0.25
-    pre = ensure_pretrained(config, cache_dir, data, lambda message, f: progress(message, pre_share * f))
+    heads = ensure_heads(config, cache_dir, data, lambda message, f: progress(message, pre_share * f))
     folders = {}
     for i, task in enumerate(tqdm(tasks, desc="zoo tasks", leave=False, disable=None)):
 
@@ -345,13 +384,15 @@ def build_zoo(
 
         folders[task] = ensure_task(config, task, cache_dir, data, report)
     progress("zoo ready", 1.0)
-    manifest = _manifest(config, pre, folders)
+    manifest = _manifest(config, cache_dir, heads, folders)
     atomic_write_json(finetuned_root(config, cache_dir) / "manifest.json", manifest)
     return manifest
 
 
-def _manifest(config: ZooConfig, pre: Path, folders: Mapping[str, Path]) -> dict:
+def _manifest(config: ZooConfig, cache_dir: str | Path | None, heads: Path, folders: Mapping[str, Path]) -> dict:
+    pre = pretrained_folder(config, cache_dir)
     pretrained_info = json.loads((pre / "pretrained.json").read_text())
+    pretrained_accuracy = json.loads((heads / "heads.json").read_text())["accuracy"]
     tasks = []
     for task, folder in folders.items():
         info = json.loads((folder / "task.json").read_text())
@@ -359,16 +400,17 @@ def _manifest(config: ZooConfig, pre: Path, folders: Mapping[str, Path]) -> dict
             {
                 "name": task,
                 "classes": info["classes"],
-                "pretrained_accuracy": pretrained_info["accuracy"][task],
+                "pretrained_accuracy": pretrained_accuracy[task],
                 "individual_accuracy": info["accuracy"],
                 "task_vector_ratio": info["task_vector_ratio"],
+                "finetune_seconds": info["finetune_seconds"],
                 "encoder": str(folder / "encoder"),
             }
         )
     return {
         "backbone": "tiny-vit",
         "config": asdict(config),
-        "pretrained": {"encoder": str(pre / "encoder"), "heads": str(pre / "heads.safetensors")},
-        "pretrain_seconds": pretrained_info["pretrain_seconds"],
+        "pretrained": {"encoder": str(pre / "encoder"), "heads": str(heads / "heads.safetensors")},
+        "pretrain_seconds": pretrained_info["seconds"],
         "tasks": tasks,
     }

@@ -1,4 +1,4 @@
-"""`ZooConfig`: everything that determines the embedded zoo (and therefore its cache key)."""
+"""`ZooConfig`: everything that determines the embedded zoo (and therefore its cache keys)."""
 
 from __future__ import annotations
 
@@ -7,63 +7,73 @@ from dataclasses import dataclass
 
 from .tasks import PRETRAIN_TASKS, TASKS
 
+HEAD_KINDS = ("prototype", "logistic")
+
 
 @dataclass(frozen=True)
 class ZooConfig:
-    """Model, data and training settings of the tiny CLIP-style zoo.
+    """Model, data and training settings of the tiny CLIP-style zoo, in three stages.
 
-    The fields before `finetune_steps` fix the pre-trained model and the heads of `tasks`; all
-    fields fix the fine-tuned models. Changing any field changes the cache key
-    (`pretrain_fields` / `finetune_fields`), so an old entry is never reused for a new setting.
+    Fields up to `pretrain_lr` fix the pre-trained encoder; up to `head_scale` also the frozen
+    heads; all fields fix the fine-tuned models. Each stage is cached under a hash of its fields
+    (`stage_fields`), so changing e.g. the fine-tuning lr reuses the pre-trained encoder.
     """
 
     seed: int = 0
-    version: int = 1  # bump when a generator or training loop changes behaviour
-    tasks: tuple[str, ...] = tuple(spec.name for spec in TASKS)  # the pool, in zoo numbering
-    # encoder: a transformers.CLIPVisionModel
+    version: int = 3  # bump when a generator or training loop changes behaviour
+    # encoder: a transformers.CLIPVisionModel on 16x16 grey images
     width: int = 128  # hidden size; attention/MLP linears are (width, width) and (4 width, width)
     layers: int = 4
-    heads: int = 4
-    patch_size: int = 4  # 16x16 images -> 16 patches + CLS token
-    # data per task (generated, so sizes are free)
-    n_train: int = 2000
-    n_test: int = 500
-    # pre-training on PRETRAIN_TASKS (never on an evaluation task)
+    attention_heads: int = 4
+    patch_size: int = 4  # 16 patches + CLS token
+    # pre-training on PRETRAIN_TASKS (never on an evaluation task), one discarded head each
     pretrain_tasks: tuple[str, ...] = tuple(spec.name for spec in PRETRAIN_TASKS)
     pretrain_samples: int = 4000  # per pre-training task
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 800
     pretrain_batch: int = 128  # images per step, mixed over the pre-training tasks
     pretrain_lr: float = 1e-3  # AdamW, linear warm-up then cosine decay
-    # heads: a few-shot linear probe on pre-trained features, then frozen (zero-shot analog)
-    head_shots: int = 4  # labelled examples per class
-    head_l2: float = 1.0  # inverse L2 strength of the logistic-regression probe (sklearn's C)
-    # fine-tuning: encoder only, heads frozen
+    # evaluation tasks and their frozen heads (the analog of CLIP's zero-shot text heads)
+    tasks: tuple[str, ...] = tuple(spec.name for spec in TASKS)  # the pool, in zoo numbering
+    n_train: int = 2000  # generated training images per task
+    n_test: int = 400  # test images per task
+    head_kind: str = "prototype"  # "prototype": class means; "logistic": a regularised probe
+    head_shots: int = 4  # labelled examples per class the head is fitted on
+    head_scale: float = 30.0  # logit scale on L2-normalised features (CLIP uses 100)
+    # fine-tuning: encoder only, heads frozen, Adam with cosine decay
     finetune_steps: int = 200
     finetune_batch: int = 64
-    finetune_lr: float = 1e-4  # Adam; small steps keep the task vectors "linear", like CLIP's
+    finetune_lr: float = 1e-4  # small steps keep the task vectors "linear", like CLIP's
 
     def __post_init__(self) -> None:
-        positive = ("width", "layers", "heads", "patch_size", "n_train", "n_test", "pretrain_steps")
-        for name in positive:
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"ZooConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        positive = ("width", "layers", "attention_heads", "patch_size", "n_train", "n_test")
+        for name in (*positive, "pretrain_steps", "pretrain_batch", "head_shots", "finetune_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ZooConfig.{name} must be a positive integer, got {value!r}")
+        if self.width % self.attention_heads:
+            raise ValueError(f"width {self.width} is not divisible by attention_heads {self.attention_heads}")
         if 16 % self.patch_size:
             raise ValueError(f"patch_size must divide the image size 16, got {self.patch_size}")
-        if self.finetune_steps < 0 or self.head_shots < 1:
-            raise ValueError("finetune_steps must be >= 0 and head_shots >= 1")
-        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"ZooConfig.tasks must be distinct and non-empty, got {self.tasks}")
+        if self.finetune_steps < 0:
+            raise ValueError(f"finetune_steps must be >= 0, got {self.finetune_steps}")
+        if self.head_kind not in HEAD_KINDS:
+            raise ValueError(f"head_kind must be one of {HEAD_KINDS}, got {self.head_kind!r}")
+        for name in ("tasks", "pretrain_tasks"):
+            names = getattr(self, name)
+            if not names or len(set(names)) != len(names):
+                raise ValueError(f"ZooConfig.{name} must be distinct and non-empty, got {names}")
+        if set(self.tasks) & set(self.pretrain_tasks):
+            raise ValueError("pre-training tasks must differ from the evaluation tasks")
 
-    def pretrain_fields(self) -> dict:
-        """The settings the pre-trained encoder and heads depend on (their cache key)."""
+    def stage_fields(self, stage: str) -> dict:
+        """The fields a stage depends on: "pretrain" (encoder), "heads" or "finetune" (all)."""
         names = [f.name for f in dataclasses.fields(self)]
-        return {name: getattr(self, name) for name in names[: names.index("finetune_steps")]}
-
-    def finetune_fields(self) -> dict:
-        """All settings: the key of the fine-tuned models (one folder per task under it)."""
-        return dataclasses.asdict(self)
+        ends = {"pretrain": "tasks", "heads": "finetune_steps", "finetune": None}
+        if stage not in ends:
+            raise ValueError(f"stage must be one of {tuple(ends)}, got {stage!r}")
+        end = ends[stage]
+        kept = names if end is None else names[: names.index(end)]
+        return {name: getattr(self, name) for name in kept}
 
     def replace(self, **changes) -> ZooConfig:
         return dataclasses.replace(self, **changes)
@@ -75,18 +85,18 @@ PRESETS: dict[str, ZooConfig] = {
     "micro": ZooConfig(
         width=32,
         layers=2,
-        heads=2,
-        n_train=256,
-        n_test=128,
+        attention_heads=2,
         pretrain_tasks=("position", "blob-size"),
         pretrain_samples=256,
-        pretrain_steps=40,
+        pretrain_steps=80,
         pretrain_batch=64,
         pretrain_lr=3e-3,
-        finetune_steps=30,
+        tasks=("bar-position", "blob-quadrant", "ring-count"),
+        n_train=256,
+        n_test=128,
+        finetune_steps=40,
         finetune_batch=32,
         finetune_lr=3e-3,
-        tasks=("bar-position", "blob-quadrant", "ring-count"),
     ),
 }
 
@@ -95,7 +105,7 @@ def resolve_config(preset: str | ZooConfig = "default", **overrides) -> ZooConfi
     """A preset name or a ZooConfig, with field overrides; ValueError for unknown names."""
     if isinstance(preset, ZooConfig):
         config = preset
-    elif preset in PRESETS:
+    elif isinstance(preset, str) and preset in PRESETS:
         config = PRESETS[preset]
     else:
         raise ValueError(f"unknown zoo preset {preset!r}; known: {', '.join(PRESETS)}")

@@ -29,7 +29,8 @@ class TaskSpec:
 
     name: str
     classes: tuple[str, ...]
-    generate: Generator
+    generate: Generator  # clean images in [0, 1] and labels
+    noise: float = 0.15  # typical std of the added pixel noise (varies ±50% per image)
     description: str = ""
 
 
@@ -45,6 +46,8 @@ def make_split(spec: TaskSpec, split: str, n: int, seed: int = 0) -> tuple[torch
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     rng = np.random.default_rng(stable_seed("nufilt-zoo", seed, spec.name, split))
     images, labels = spec.generate(rng, n, split)
+    sigma = spec.noise * rng.uniform(0.5, 1.5, size=(n, 1, 1))
+    images = images + sigma * rng.standard_normal(images.shape)
     pixels = torch.from_numpy(np.clip(images, 0.0, 1.0).astype(np.float32) * 2.0 - 1.0)
     return pixels.unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
@@ -54,10 +57,6 @@ def make_split(spec: TaskSpec, split: str, n: int, seed: int = 0) -> tuple[torch
 
 def _balanced_labels(rng: np.random.Generator, n: int, n_classes: int) -> np.ndarray:
     return rng.permutation(np.arange(n) % n_classes)
-
-
-def _noise(rng: np.random.Generator, images: np.ndarray, sigma: float) -> np.ndarray:
-    return images + sigma * rng.standard_normal(images.shape).astype(np.float32)
 
 
 def _segment(y0: float, x0: float, y1: float, x1: float, width: float = 1.0) -> np.ndarray:
@@ -150,19 +149,19 @@ def _digit_samples(rng: np.random.Generator, n: int, split: str, shift: int = 1)
 
 def _digits(rng, n, split):
     images, labels = _digit_samples(rng, n, split)
-    return _noise(rng, images, 0.25), labels
+    return images, labels
 
 
 def _digits_inverted(rng, n, split):
     images, labels = _digit_samples(rng, n, split)
-    return _noise(rng, 1.0 - images, 0.25), labels
+    return 1.0 - images, labels
 
 
 def _digit_rotation(rng, n, split):
     images, _ = _digit_samples(rng, n, split)
     labels = _balanced_labels(rng, n, 4)
     rotated = np.stack([np.rot90(image, k) for image, k in zip(images, labels, strict=True)])
-    return _noise(rng, rotated, 0.25), labels
+    return rotated, labels
 
 
 def _digits_noisy(rng, n, split):
@@ -170,12 +169,12 @@ def _digits_noisy(rng, n, split):
     for image in images:  # an occluding grey square
         y, x = rng.integers(0, SIZE - 5, size=2)
         image[y : y + 5, x : x + 5] = rng.uniform(0.2, 0.8)
-    return _noise(rng, images, 0.45), labels
+    return images, labels
 
 
 def _digit_parity(rng, n, split):
     images, digits = _digit_samples(rng, n, split, shift=2)
-    return _noise(rng, images, 0.3), digits % 2
+    return images, digits % 2
 
 
 # ---------------------------------------------------------------- evaluation tasks
@@ -207,7 +206,7 @@ def _shapes(rng, n, split):
             shape = _ring(cy, cx, r * 0.8, 1.3)
         background = rng.uniform(0.0, 0.3)
         images[i] = background + (rng.uniform(0.6, 1.0) - background) * shape
-    return _noise(rng, images, 0.3), labels
+    return images, labels
 
 
 def _stripes(rng, n, split):
@@ -219,7 +218,7 @@ def _stripes(rng, n, split):
             for label in labels
         ]
     )
-    return _noise(rng, images, 0.7), labels
+    return images, labels
 
 
 def _place_points(rng: np.random.Generator, count: int, margin: float, min_distance: float):
@@ -239,7 +238,7 @@ def _dot_count(rng, n, split):
         for cy, cx in _place_points(rng, int(label) + 1, 2.0, 3.6):
             image = np.maximum(image, _disk(cy, cx, rng.uniform(0.8, 1.4)))
         images[i] = image * rng.uniform(0.6, 1.0)
-    return _noise(rng, images, 0.35), labels
+    return images, labels
 
 
 def _texture_frequency(rng, n, split):
@@ -251,7 +250,7 @@ def _texture_frequency(rng, n, split):
             _grating(rng.uniform(0, np.pi), rng.uniform(low, low + 0.065), rng.uniform(0, 6.3)) for _ in range(3)
         )
         images[i] = image / 3
-    return _noise(rng, images, 0.35), labels
+    return images, labels
 
 
 def _line_length(rng, n, split):
@@ -264,7 +263,7 @@ def _line_length(rng, n, split):
         margin_y, margin_x = abs(dy) + 1, abs(dx) + 1
         cy, cx = rng.uniform(margin_y, SIZE - margin_y), rng.uniform(margin_x, SIZE - margin_x)
         images[i] = _segment(cy - dy, cx - dx, cy + dy, cx + dx, 1.2) * rng.uniform(0.6, 1.0)
-    return _noise(rng, images, 0.35), labels
+    return images, labels
 
 
 def _checker_size(rng, n, split):
@@ -276,7 +275,7 @@ def _checker_size(rng, n, split):
         board = (((_YY.astype(int) + oy) // cell + (_XX.astype(int) + ox) // cell) % 2).astype(np.float32)
         contrast = rng.uniform(0.3, 0.8)
         images[i] = 0.5 + contrast * (board - 0.5)
-    return _noise(rng, images, 0.45), labels
+    return images, labels
 
 
 def _symmetry(rng, n, split):
@@ -286,7 +285,7 @@ def _symmetry(rng, n, split):
         left = _smooth_field(rng, 2.0)[:, : SIZE // 2]
         right = left[:, ::-1] if label == 1 else _smooth_field(rng, 2.0)[:, SIZE // 2 :]
         images[i] = np.concatenate([left, right], axis=1)
-    return _noise(rng, images, 0.25), labels
+    return images, labels
 
 
 def _brightness(rng, n, split):
@@ -295,7 +294,7 @@ def _brightness(rng, n, split):
     for i, label in enumerate(labels):
         level = 0.2 + 0.15 * label + rng.uniform(-0.04, 0.04)
         images[i] = level + 0.5 * (_smooth_field(rng, 3.0) - 0.5)
-    return _noise(rng, images, 0.4), labels
+    return images, labels
 
 
 def _blob_quadrant(rng, n, split):
@@ -310,7 +309,7 @@ def _blob_quadrant(rng, n, split):
                 image, _disk(oy * 8 + rng.uniform(2, 6), ox * 8 + rng.uniform(2, 6), rng.uniform(0.8, 1.5))
             )
         images[i] = image * rng.uniform(0.6, 1.0)
-    return _noise(rng, images, 0.35), labels
+    return images, labels
 
 
 def _ring_count(rng, n, split):
@@ -323,7 +322,7 @@ def _ring_count(rng, n, split):
         for k in range(int(label) + 1):
             image = np.maximum(image, _ring(cy, cx, 1.5 + k * step, 1.0))
         images[i] = image * rng.uniform(0.6, 1.0)
-    return _noise(rng, images, 0.35), labels
+    return images, labels
 
 
 def _bar_position(rng, n, split):
@@ -336,7 +335,7 @@ def _bar_position(rng, n, split):
         distractor_y = rng.uniform(2, 14)
         distractor = _segment(distractor_y, 1, distractor_y + rng.uniform(-2, 2), 15, 1.0)
         images[i] = bar * rng.uniform(0.6, 1.0) + 0.5 * distractor
-    return _noise(rng, images, 0.4), labels
+    return images, labels
 
 
 def _gradient_direction(rng, n, split):
@@ -346,7 +345,7 @@ def _gradient_direction(rng, n, split):
         angle = label * np.pi / 4 + rng.uniform(-0.2, 0.2)
         along = ((_XX - 8) * np.cos(angle) + (_YY - 8) * np.sin(angle)) / 8
         images[i] = 0.5 + rng.uniform(0.15, 0.35) * along + 0.4 * (_smooth_field(rng, 2.5) - 0.5)
-    return _noise(rng, images, 0.35), labels
+    return images, labels
 
 
 def _line_count(rng, n, split):
@@ -363,7 +362,7 @@ def _line_count(rng, n, split):
             a, b = centre - direction * 5, centre + direction * 5
             image = np.maximum(image, _segment(a[0], a[1], b[0], b[1], 1.0))
         images[i] = image * rng.uniform(0.6, 1.0)
-    return _noise(rng, images, 0.35), labels
+    return images, labels
 
 
 def _segments_cross(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> bool:
@@ -383,7 +382,7 @@ def _crossing(rng, n, split):
                 break
         image = np.maximum(_segment(*a, *b, 1.0), _segment(*c, *d, 1.0))
         images[i] = image * rng.uniform(0.6, 1.0)
-    return _noise(rng, images, 0.3), labels
+    return images, labels
 
 
 def _texture_type(rng, n, split):
@@ -404,7 +403,7 @@ def _texture_type(rng, n, split):
         else:  # blotches
             image = _smooth_field(rng, period / 2)
         images[i] = 0.5 + rng.uniform(0.5, 1.0) * (image - 0.5)
-    return _noise(rng, images, 0.4), labels
+    return images, labels
 
 
 # ---------------------------------------------------------------- pre-training tasks
@@ -422,7 +421,7 @@ def _prototypes(rng, n, split):
     images = np.stack(
         [_shift(prototypes[label], *map(int, rng.integers(-2, 3, size=2))) * rng.uniform(0.5, 1.0) for label in labels]
     )
-    return _noise(rng, images, 0.35), labels
+    return images, labels
 
 
 @cache
@@ -442,7 +441,7 @@ def _glyphs(rng, n, split):
             jittered = stroke + offset + rng.uniform(-0.7, 0.7, size=4)
             image = np.maximum(image, _segment(*jittered, 1.1))
         images[i] = image * rng.uniform(0.6, 1.0)
-    return _noise(rng, images, 0.3), labels
+    return images, labels
 
 
 def _position(rng, n, split):
@@ -452,7 +451,7 @@ def _position(rng, n, split):
         gy, gx = divmod(int(label), 4)
         image = _gaussian(gy * 4 + rng.uniform(1, 3), gx * 4 + rng.uniform(1, 3), rng.uniform(0.8, 1.6))
         images[i] = image * rng.uniform(0.5, 1.0) + 0.4 * _smooth_field(rng, 3.0)
-    return _noise(rng, images, 0.3), labels
+    return images, labels
 
 
 def _gabor(rng, n, split):
@@ -463,7 +462,7 @@ def _gabor(rng, n, split):
         envelope = _gaussian(*rng.uniform(5, 11, size=2), rng.uniform(2.5, 4.0))
         carrier = _grating(angle, rng.uniform(0.15, 0.35), rng.uniform(0, 6.3)) - 0.5
         images[i] = 0.5 + envelope * carrier * rng.uniform(1.0, 1.8)
-    return _noise(rng, images, 0.3), labels
+    return images, labels
 
 
 def _blob_size(rng, n, split):
@@ -474,54 +473,85 @@ def _blob_size(rng, n, split):
         margin = radius + 0.5
         cy, cx = rng.uniform(margin, SIZE - margin, size=2)
         images[i] = _disk(cy, cx, radius) * rng.uniform(0.5, 1.0)
-    return _noise(rng, images, 0.3), labels
+    return images, labels
+
+
+def _stroke_count(rng, n, split):
+    labels = _balanced_labels(rng, n, 5)
+    images = np.empty((n, SIZE, SIZE), dtype=np.float32)
+    for i, label in enumerate(labels):
+        image = np.zeros((SIZE, SIZE), dtype=np.float32)
+        for _ in range(int(label) + 1):
+            y0, x0 = rng.uniform(2, 14, size=2)
+            angle, length = rng.uniform(0, np.pi), rng.uniform(3, 7)
+            image = np.maximum(image, _segment(y0, x0, y0 + length * np.sin(angle), x0 + length * np.cos(angle)))
+        images[i] = image * rng.uniform(0.6, 1.0)
+    return images, labels
+
+
+def _blur(rng, n, split):
+    labels = _balanced_labels(rng, n, 5)
+    strokes = _glyph_strokes(24)
+    images = np.empty((n, SIZE, SIZE), dtype=np.float32)
+    offsets = np.arange(-4, 5, dtype=np.float32)
+    for i, label in enumerate(labels):
+        image = np.zeros((SIZE, SIZE), dtype=np.float32)
+        for stroke in strokes[rng.integers(len(strokes))]:
+            image = np.maximum(image, _segment(*(stroke + rng.uniform(-1.5, 1.5, size=4)), 1.2))
+        if label > 0:
+            kernel = np.exp(-(offsets**2) / (2 * (0.45 * label) ** 2))
+            kernel /= kernel.sum()
+            image = np.apply_along_axis(np.convolve, 0, image, kernel, mode="same")
+            image = np.apply_along_axis(np.convolve, 1, image, kernel, mode="same")
+        images[i] = image / max(float(image.max()), 1e-6) * rng.uniform(0.6, 1.0)
+    return images, labels
 
 
 def _names(*names: object) -> tuple[str, ...]:
     return tuple(str(name) for name in names)
 
 
+def _degrees(count: int, step: float) -> tuple[str, ...]:
+    return tuple(f"{step * k:g}deg" for k in range(count))
+
+
 TASKS: list[TaskSpec] = [
-    TaskSpec("digits", _names(*range(10)), _digits, "scikit-learn digits, shifted and noisy"),
-    TaskSpec("shapes", ("disk", "square", "triangle", "cross", "ring"), _shapes, "filled shapes"),
-    TaskSpec("stripes", _names(*(f"{22.5 * k:g}deg" for k in range(8))), _stripes, "grating orientation, heavy noise"),
-    TaskSpec("dot-count", _names(*range(1, 7)), _dot_count, "number of dots"),
-    TaskSpec(
-        "texture-frequency", _names(*(f"band{k}" for k in range(6))), _texture_frequency, "spatial frequency band"
-    ),
-    TaskSpec("line-length", ("3px", "6px", "9px", "12px"), _line_length, "length of one line"),
-    TaskSpec("checker-size", ("1px", "2px", "3px", "4px"), _checker_size, "checkerboard cell size"),
-    TaskSpec("symmetry", ("asymmetric", "mirror-symmetric"), _symmetry, "left-right mirror symmetry"),
-    TaskSpec("digits-inverted", _names(*range(10)), _digits_inverted, "digits, inverted contrast"),
-    TaskSpec("digit-rotation", ("0deg", "90deg", "180deg", "270deg"), _digit_rotation, "rotation of a digit"),
-    TaskSpec("brightness", _names(*(f"level{k}" for k in range(5))), _brightness, "mean brightness"),
+    TaskSpec("digits", _names(*range(10)), _digits, 0.15, "scikit-learn digits, shifted"),
+    TaskSpec("shapes", ("disk", "square", "triangle", "cross", "ring"), _shapes, 0.15, "outline class"),
+    TaskSpec("stripes", _degrees(8, 22.5), _stripes, 0.3, "grating orientation"),
+    TaskSpec("dot-count", _names(*range(1, 7)), _dot_count, 0.12, "number of dots"),
+    TaskSpec("texture-frequency", _names(*(f"band{k}" for k in range(6))), _texture_frequency, 0.15, "frequency band"),
+    TaskSpec("line-length", ("3px", "6px", "9px", "12px"), _line_length, 0.15, "length of one line"),
+    TaskSpec("checker-size", ("1px", "2px", "3px", "4px"), _checker_size, 0.25, "checkerboard cell size"),
+    TaskSpec("symmetry", ("asymmetric", "mirror-symmetric"), _symmetry, 0.15, "left-right mirror symmetry"),
+    TaskSpec("digits-inverted", _names(*range(10)), _digits_inverted, 0.15, "digits, inverted contrast"),
+    TaskSpec("digit-rotation", _degrees(4, 90), _digit_rotation, 0.15, "rotation of a digit"),
+    TaskSpec("brightness", _names(*(f"level{k}" for k in range(5))), _brightness, 0.2, "mean brightness"),
     TaskSpec(
         "blob-quadrant",
         ("top-left", "top-right", "bottom-left", "bottom-right"),
         _blob_quadrant,
+        0.15,
         "quadrant of the largest blob",
     ),
-    TaskSpec("ring-count", ("1", "2", "3"), _ring_count, "concentric rings"),
-    TaskSpec("bar-position", _names(*(f"column{k}" for k in range(4))), _bar_position, "column of a vertical bar"),
-    TaskSpec("digits-noisy", _names(*range(10)), _digits_noisy, "digits with occlusion and heavy noise"),
-    TaskSpec(
-        "gradient-direction",
-        _names(*(f"{45 * k}deg" for k in range(8))),
-        _gradient_direction,
-        "direction of a brightness gradient",
-    ),
-    TaskSpec("line-count", _names(*range(1, 5)), _line_count, "number of parallel lines"),
-    TaskSpec("crossing", ("apart", "crossing"), _crossing, "do two segments cross"),
-    TaskSpec("digit-parity", ("even", "odd"), _digit_parity, "parity of a digit"),
-    TaskSpec("texture-type", ("dots", "stripes", "checks", "blotches"), _texture_type, "kind of texture"),
+    TaskSpec("ring-count", ("1", "2", "3"), _ring_count, 0.15, "concentric rings"),
+    TaskSpec("bar-position", _names(*(f"column{k}" for k in range(4))), _bar_position, 0.2, "column of a bar"),
+    TaskSpec("digits-noisy", _names(*range(10)), _digits_noisy, 0.3, "digits with occlusion and noise"),
+    TaskSpec("gradient-direction", _degrees(8, 45), _gradient_direction, 0.2, "direction of a brightness ramp"),
+    TaskSpec("line-count", _names(*range(1, 5)), _line_count, 0.15, "number of parallel lines"),
+    TaskSpec("crossing", ("apart", "crossing"), _crossing, 0.15, "do two segments cross"),
+    TaskSpec("digit-parity", ("even", "odd"), _digit_parity, 0.15, "parity of a digit"),
+    TaskSpec("texture-type", ("dots", "stripes", "checks", "blotches"), _texture_type, 0.2, "kind of texture"),
 ]
 
 PRETRAIN_TASKS: list[TaskSpec] = [
-    TaskSpec("prototypes", _names(*range(32)), _prototypes, "32 random smooth prototypes"),
-    TaskSpec("glyphs", _names(*range(24)), _glyphs, "24 random three-stroke glyphs"),
-    TaskSpec("position", _names(*range(16)), _position, "blob position on a 4x4 grid"),
-    TaskSpec("gabor", _names(*range(12)), _gabor, "Gabor patch orientation"),
-    TaskSpec("blob-size", _names(*range(6)), _blob_size, "disk radius"),
+    TaskSpec("prototypes", _names(*range(32)), _prototypes, 0.25, "32 random smooth prototypes"),
+    TaskSpec("glyphs", _names(*range(24)), _glyphs, 0.15, "24 random three-stroke glyphs"),
+    TaskSpec("position", _names(*range(16)), _position, 0.15, "blob position on a 4x4 grid"),
+    TaskSpec("gabor", _names(*range(12)), _gabor, 0.15, "Gabor patch orientation"),
+    TaskSpec("blob-size", _names(*range(6)), _blob_size, 0.15, "disk radius"),
+    TaskSpec("stroke-count", _names(*range(1, 6)), _stroke_count, 0.15, "number of random strokes"),
+    TaskSpec("blur", _names(*range(5)), _blur, 0.1, "blur level of a random glyph"),
 ]
 
 TASK_GROUPS = (8, 14, 20)  # the paper's task counts; each group is a prefix of TASKS

@@ -13,7 +13,7 @@ from nufilt.backbones.tiny_vit import make_backbone
 from nufilt.cache import CacheWarning, check_integrity
 from nufilt.statedict import PAPER_NUFILT_PATTERNS, select_keys
 from nufilt.zoo import PRESETS, build
-from nufilt.zoo.build import finetuned_root, pretrained_folder
+from nufilt.zoo.build import finetuned_root, heads_folder, pretrained_folder
 
 MICRO = PRESETS["micro"]
 
@@ -32,7 +32,7 @@ def test_saved_in_real_formats(micro_zoo_dir):
     pre = pretrained_folder(MICRO, micro_zoo_dir)
     model = CLIPVisionModel.from_pretrained(pre / "encoder")
     assert model.config.hidden_size == MICRO.width
-    heads = load_file(pre / "heads.safetensors")
+    heads = load_file(heads_folder(MICRO, micro_zoo_dir) / "heads.safetensors")
     assert {f"{task}.weight" for task in MICRO.tasks} <= set(heads)
     manifest = json.loads((finetuned_root(MICRO, micro_zoo_dir) / "manifest.json").read_text())
     assert [t["name"] for t in manifest["tasks"]] == list(MICRO.tasks)
@@ -104,8 +104,13 @@ def test_interrupted_pretraining_folder_is_never_used(micro_zoo_dir, tmp_path):
 def test_cache_key_follows_the_config(tmp_path):
     tuned = MICRO.replace(finetune_lr=1e-3)
     assert pretrained_folder(tuned, tmp_path) == pretrained_folder(MICRO, tmp_path)
+    assert heads_folder(tuned, tmp_path) == heads_folder(MICRO, tmp_path)
     assert finetuned_root(tuned, tmp_path) != finetuned_root(MICRO, tmp_path)
-    assert pretrained_folder(MICRO.replace(width=64, heads=2), tmp_path) != pretrained_folder(MICRO, tmp_path)
+    other_heads = MICRO.replace(head_shots=8)
+    assert pretrained_folder(other_heads, tmp_path) == pretrained_folder(MICRO, tmp_path)
+    assert heads_folder(other_heads, tmp_path) != heads_folder(MICRO, tmp_path)
+    assert finetuned_root(other_heads, tmp_path) != finetuned_root(MICRO, tmp_path)
+    assert pretrained_folder(MICRO.replace(width=64), tmp_path) != pretrained_folder(MICRO, tmp_path)
 
 
 def test_bad_arguments_are_rejected(micro_zoo):
@@ -121,6 +126,10 @@ def test_bad_arguments_are_rejected(micro_zoo):
         make_backbone(preset="micro", depth=3)
     with pytest.raises(ValueError, match="divisible"):
         MICRO.replace(width=33)
+    with pytest.raises(ValueError, match="head_kind"):
+        MICRO.replace(head_kind="zero-shot")
+    with pytest.raises(ValueError, match="differ"):
+        MICRO.replace(pretrain_tasks=("bar-position",))
 
 
 def test_activation_batches_feed_the_encoder(micro_zoo):
