@@ -62,25 +62,28 @@ def fit_lora(
     gram = _use_gram(d_out, d_in, steps, lora_init.shape[1]) if form == "auto" else form == "gram"
     if gram:
         gram_matrix = task_vector.mT @ task_vector  # G: (L, d_in, d_in)
-        cross_p = task_vector.mT @ stability_fixed  # Y_p = τtᵀ X_p: (L, d_in, r_p)
+        # Y_p = τtᵀ X_p is skipped when X_p is zero (the filter is on): it would only add zeros
+        cross_p = task_vector.mT @ stability_fixed if bool(stability_fixed.any()) else None  # (L, d_in, r_p)
         cross_v = task_vector.mT @ fidelity_fixed  # Y_v = τtᵀ E_v: (L, d_in, r_v)
         constant = stability_fixed.pow(2).sum(dim=(-2, -1)) + fidelity_fixed.pow(2).sum(dim=(-2, -1))
 
     def loss_and_grads() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         coeff_p, coeff_v = lora_a @ previous_basis, lora_a @ task_basis  # C_p, C_v
         if gram:
-            mapped = gram_matrix @ lora_b  # H = G B = τtᵀ K
-            inner = lora_b.mT @ mapped  # S = Kᵀ K
-            bc_p, bc_v = lora_b @ coeff_p, lora_b @ coeff_v
-            loss = (
-                constant
-                + 2 * (cross_p * bc_p).sum(dim=(-2, -1))
-                - 2 * (cross_v * bc_v).sum(dim=(-2, -1))
-                + (inner * (coeff_p @ coeff_p.mT + coeff_v @ coeff_v.mT)).sum(dim=(-2, -1))
-            )
-            resid_p, resid_v = cross_p + mapped @ coeff_p, mapped @ coeff_v - cross_v  # τtᵀ R_p, −τtᵀ R_v
-            grad_b = 2 * (resid_p @ coeff_p.mT + resid_v @ coeff_v.mT)
-            grad_cp, grad_cv = 2 * lora_b.mT @ resid_p, 2 * lora_b.mT @ resid_v
+            # ‖X_p + K C_p‖² + ‖E_v − K C_v‖² = const + 2⟨BᵀY_p, C_p⟩ − 2⟨BᵀY_v, C_v⟩ + ⟨S, Q⟩,
+            # S = KᵀK = Bᵀ G B and Q = C_p C_pᵀ + C_v C_vᵀ: only G B touches a d_in x d_in matrix
+            mapped = gram_matrix @ lora_b  # H = G B: (L, d_in, r_l)
+            inner = lora_b.mT @ mapped  # S: (L, r_l, r_l)
+            outer = coeff_p @ coeff_p.mT + coeff_v @ coeff_v.mT  # Q: (L, r_l, r_l)
+            proj_v = lora_b.mT @ cross_v  # Bᵀ Y_v
+            loss = constant - 2 * (proj_v * coeff_v).sum(dim=(-2, -1)) + (inner * outer).sum(dim=(-2, -1))
+            grad_b = 2 * (mapped @ outer - cross_v @ coeff_v.mT)
+            grad_cp, grad_cv = 2 * inner @ coeff_p, 2 * (inner @ coeff_v - proj_v)
+            if cross_p is not None:
+                proj_p = lora_b.mT @ cross_p  # Bᵀ Y_p
+                loss = loss + 2 * (proj_p * coeff_p).sum(dim=(-2, -1))
+                grad_b = grad_b + 2 * cross_p @ coeff_p.mT
+                grad_cp = grad_cp + 2 * proj_p
         else:
             adapted = task_vector @ lora_b  # K = τt B: (L, d_out, r_l)
             resid_p = stability_fixed + adapted @ coeff_p  # R_p

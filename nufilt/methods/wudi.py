@@ -18,27 +18,40 @@ from .base import MergeMethod, StepContext, check_number, check_rank, chunks, el
 def wudi_solve(
     previous: torch.Tensor, task_vector: torch.Tensor, steps: int, lr: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched WUDI solve over (L, d_out, d_in) stacks; returns (τm, per-step loss (steps, L))."""
-    targets = (previous, task_vector)
-    weights = []
-    for target in targets:
+    """Batched WUDI solve over (L, d_out, d_in) stacks; returns (τm, per-step loss (steps, L)).
+
+    Adam with the exact gradient of Σ_i ‖(τm − τi) τiᵀ‖² / ‖τi‖², evaluated through the smaller
+    Gram matrix: τiᵀτi (d_in²) when d_in ≤ d_out, else the d_out x d_out product (τm − τi) τiᵀ.
+    """
+    d_out, d_in = previous.shape[-2:]
+    by_inputs = d_in <= d_out
+    terms = []
+    for target in (previous, task_vector):
         norm_sq = target.pow(2).sum(dim=(-2, -1), keepdim=True)
-        weights.append(torch.where(norm_sq > 0, 1.0 / norm_sq.clamp_min(1e-30), 0.0))
-    merged = (previous + task_vector).clone().requires_grad_(True)
+        weight = torch.where(norm_sq > 0, 1.0 / norm_sq.clamp_min(1e-30), 0.0)
+        terms.append((target, weight, target.mT @ target if by_inputs else None))
+    merged = previous + task_vector
     optimizer = torch.optim.Adam([merged], lr=lr)
     history = []
-    with torch.enable_grad():
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            per_layer = sum(
-                ((merged - target) @ target.mT).pow(2).sum(dim=(-2, -1)) * weight.flatten()
-                for target, weight in zip(targets, weights, strict=True)
-            )
-            per_layer.sum().backward()
-            optimizer.step()
-            history.append(per_layer.detach())
+    for _ in range(steps):
+        loss = merged.new_zeros(merged.shape[0])
+        grad = torch.zeros_like(merged)
+        for target, weight, gram in terms:
+            residual = merged - target
+            if gram is not None:  # ‖R τᵀ‖² = ⟨R G, R⟩, gradient 2 R G
+                product = residual @ gram
+                loss = loss + (product * residual).sum(dim=(-2, -1)) * weight.flatten()
+                grad += 2 * weight * product
+            else:  # Z = R τᵀ, gradient 2 Z τ
+                product = residual @ target.mT
+                loss = loss + product.pow(2).sum(dim=(-2, -1)) * weight.flatten()
+                grad += 2 * weight * (product @ target)
+        merged.grad = grad
+        optimizer.step()
+        history.append(loss)
+    merged.grad = None
     losses = torch.stack(history) if history else merged.new_zeros(0, merged.shape[0])
-    return merged.detach(), losses
+    return merged, losses
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """WUDI: the objective decreases, zero steps give the plain sum, other parameters average."""
 
+import pytest
 import torch
 
 from nufilt.merge import continual_merge, make_merger
@@ -43,3 +44,24 @@ def test_default_layers_are_every_linear_weight():
     assert "embeddings.position_embedding.weight" not in merger.selected
     merged = list(continual_merge(pretrained, synthetic_tasks(pretrained, 2, seed=3), "wudi", steps=3))
     assert len(merged) == 2
+
+
+@pytest.mark.parametrize("shape", [(10, 6), (6, 10)])
+def test_solver_matches_adam_with_autograd(shape):
+    generator = torch.Generator().manual_seed(1)
+    previous = torch.randn(2, *shape, generator=generator, dtype=torch.float64)
+    task_vector = torch.randn(2, *shape, generator=generator, dtype=torch.float64)
+    solved, history = wudi_solve(previous, task_vector, steps=15, lr=1e-2)
+    merged = (previous + task_vector).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([merged], lr=1e-2)
+    losses = []
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss = sum(
+            ((merged - t) @ t.mT).pow(2).sum(dim=(-2, -1)) / t.pow(2).sum(dim=(-2, -1)) for t in (previous, task_vector)
+        )
+        loss.sum().backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    torch.testing.assert_close(solved, merged.detach())
+    torch.testing.assert_close(history, torch.stack(losses))
