@@ -114,28 +114,6 @@ def check_state(state: object, name: str) -> None:
             raise TypeError(f"{name} has a non-string key {key!r}")
 
 
-def check_compatible(reference: StateDict, other: StateDict, name: str) -> None:
-    """Same keys, shapes and kinds (floating or not) as `reference`; names the first mismatch."""
-    check_state(other, name)
-    ref_keys, other_keys = list(reference), set(other)
-    missing = [k for k in ref_keys if k not in other_keys]
-    if missing:
-        raise ValueError(f"{name} lacks key {missing[0]!r} of the pre-trained model ({len(missing)} missing)")
-    if len(other_keys) != len(ref_keys):
-        extra = sorted(other_keys.difference(ref_keys))
-        raise ValueError(f"{name} has key {extra[0]!r} that the pre-trained model lacks ({len(extra)} extra)")
-    for key in ref_keys:
-        a, b = reference[key], other[key]
-        if not isinstance(b, torch.Tensor):
-            raise TypeError(f"{name}[{key!r}] is {type(b).__name__}, not a tensor")
-        if a.shape != b.shape:
-            raise ValueError(
-                f"shape mismatch at {key!r}: pre-trained {tuple(a.shape)} vs {name} {tuple(b.shape)}"
-            )
-        if a.is_floating_point() != b.is_floating_point():
-            raise TypeError(f"dtype mismatch at {key!r}: pre-trained {a.dtype} vs {name} {b.dtype}")
-
-
 def _checked_norm(tensor: torch.Tensor, name: str, key: str) -> float:
     """‖tensor‖ (float32), raising ValueError naming the key if it holds NaN/Inf.
 
