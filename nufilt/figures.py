@@ -1,0 +1,374 @@
+"""Pure Plotly figure builders for the app: tidy DataFrames in, `plotly.graph_objects.Figure` out.
+
+No Streamlit and no tensors here; every builder takes the table it plots (the same table the app
+offers as CSV) and returns a new figure with a title, axis labels and hover text that names what a
+point is (task, layer, method) and its value. Method colours are stable across figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from .methods import ABLATIONS, METHODS
+
+# one colour per method label, the same in every figure
+_PALETTE = qualitative.D3 + qualitative.Set2
+METHOD_COLORS = {label: _PALETTE[i % len(_PALETTE)] for i, label in enumerate([*METHODS, *ABLATIONS])}
+ACCURACY_SCALE = "Viridis"
+AFFINITY_SCALE = "Blues"
+
+
+def method_color(label: str) -> str:
+    return METHOD_COLORS.get(label, "#444444")
+
+
+def _require(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{what} needs columns {list(columns)}; missing {missing}")
+
+
+def _empty(title: str, message: str) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title=title, xaxis_visible=False, yaxis_visible=False, height=260)
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    return fig
+
+
+def _labels(values: np.ndarray, fmt: str) -> list[list[str]]:
+    """Cell labels for a heatmap: formatted numbers, empty for NaN."""
+    return [["" if np.isnan(v) else fmt.format(v) for v in row] for row in np.atleast_2d(values)]
+
+
+def _methods(table: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(table["method"]))
+
+
+# ---------------------------------------------------------------- merge page
+
+
+def accuracy_matrices(accuracy: pd.DataFrame, order: Sequence[str]) -> go.Figure:
+    """One lower-triangular heatmap per method: accuracy on task i (x) after step t (y).
+
+    `accuracy`: method, step, task, accuracy (percent). Cells of unseen tasks stay empty.
+    """
+    title = "Accuracy matrix a_i(θ̄_t)"
+    _require(accuracy, ["method", "step", "task", "accuracy"], "accuracy_matrices")
+    if accuracy.empty:
+        return _empty(title, "no merge step yet")
+    methods = _methods(accuracy)
+    steps = list(range(1, len(order) + 1))
+    fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True,
+                        horizontal_spacing=0.03)
+    for col, method in enumerate(methods, start=1):
+        grid = (
+            accuracy[accuracy["method"] == method]
+            .pivot_table(index="step", columns="task", values="accuracy", aggfunc="last")
+            .reindex(index=steps, columns=list(order))
+        )
+        text = _labels(grid.to_numpy(dtype=float), "{:.0f}")
+        fig.add_trace(
+            go.Heatmap(
+                z=grid.to_numpy(), x=list(order), y=steps, zmin=0, zmax=100, colorscale=ACCURACY_SCALE,
+                text=text, texttemplate="%{text}" if len(order) <= 14 else None, showscale=col == len(methods),
+                colorbar={"title": "%"}, name=method,
+                hovertemplate=f"{method}<br>after step %{{y}}<br>task %{{x}}: %{{z:.1f}}%<extra></extra>",
+            ),
+            row=1, col=col,
+        )
+        fig.update_xaxes(tickangle=-45, row=1, col=col)
+    fig.update_yaxes(title_text="step t", autorange="reversed", dtick=1, row=1, col=1)
+    fig.update_layout(title=title, height=260 + 18 * len(order), margin={"t": 70})
+    return fig
+
+
+def task_accuracy_lines(accuracy: pd.DataFrame, order: Sequence[str]) -> go.Figure:
+    """Accuracy of every seen task after each step, one panel per method, one line per task."""
+    title = "Per-task accuracy after each step"
+    _require(accuracy, ["method", "step", "task", "accuracy"], "task_accuracy_lines")
+    if accuracy.empty:
+        return _empty(title, "no merge step yet")
+    methods = _methods(accuracy)
+    fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True,
+                        horizontal_spacing=0.03)
+    palette = qualitative.Dark24
+    for col, method in enumerate(methods, start=1):
+        rows = accuracy[accuracy["method"] == method]
+        for i, task in enumerate(order):
+            line = rows[rows["task"] == task].sort_values("step")
+            if line.empty:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=line["step"], y=line["accuracy"], mode="lines+markers", name=task, legendgroup=task,
+                    showlegend=col == 1, line={"color": palette[i % len(palette)]},
+                    hovertemplate=f"{method}<br>task {task}<br>step %{{x}}: %{{y:.1f}}%<extra></extra>",
+                ),
+                row=1, col=col,
+            )
+        fig.update_xaxes(title_text="step t", dtick=1, range=[0.5, len(order) + 0.5], row=1, col=col)
+    fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
+    fig.update_layout(title=title, height=380, legend_title_text="task")
+    return fig
+
+
+def acc_bwt_lines(metrics: pd.DataFrame) -> go.Figure:
+    """ACC and BWT of the merged model so far (steps 1..t), one line per method."""
+    title = "ACC and BWT so far"
+    _require(metrics, ["method", "step", "acc", "bwt"], "acc_bwt_lines")
+    if metrics.empty:
+        return _empty(title, "no merge step yet")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["ACC (%) ↑", "BWT (%) ↑"])
+    for method in _methods(metrics):
+        rows = metrics[metrics["method"] == method].sort_values("step")
+        for col, metric in enumerate(("acc", "bwt"), start=1):
+            fig.add_trace(
+                go.Scatter(
+                    x=rows["step"], y=rows[metric], mode="lines+markers", name=method, legendgroup=method,
+                    showlegend=col == 1, line={"color": method_color(method)},
+                    hovertemplate=f"{method}<br>step %{{x}}<br>{metric.upper()} %{{y:.2f}}<extra></extra>",
+                ),
+                row=1, col=col,
+            )
+        fig.update_xaxes(title_text="step t", dtick=1)
+    fig.add_hline(y=0, line_dash="dot", line_color="grey", row=1, col=2)
+    fig.update_layout(title=title, height=360, legend_title_text="method")
+    return fig
+
+
+def removed_energy_bars(layers: pd.DataFrame, step: int) -> go.Figure:
+    """Per layer at one step: the share of ‖τt‖² inside the top-r_p subspace of τ̄_{t−1}.
+
+    That is what NUFILT's null-space filter removes from the new task vector. `layers`: method,
+    step, layer, kind, removed_energy (the merge trace's layer table).
+    """
+    title = f"Energy removed by the null-space filter at step {step}"
+    _require(layers, ["method", "step", "layer", "removed_energy"], "removed_energy_bars")
+    rows = layers[layers["step"] == step]
+    if rows.empty:
+        return _empty(title, f"no layer data for step {step}")
+    fig = go.Figure()
+    for method in _methods(rows):
+        mine = rows[rows["method"] == method]
+        fig.add_trace(
+            go.Bar(
+                x=mine["layer"], y=mine["removed_energy"], name=method, marker_color=method_color(method),
+                customdata=mine[["kind"]].to_numpy() if "kind" in mine else None,
+                hovertemplate=f"{method}<br>layer %{{x}}<br>removed energy %{{y:.3f}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=title, barmode="group", height=380, yaxis={"title": "‖τt V Vᵀ‖² / ‖τt‖²", "range": [0, 1]},
+        xaxis={"title": "layer", "tickangle": -45, "showticklabels": rows["layer"].nunique() <= 40},
+        legend_title_text="method",
+    )
+    return fig
+
+
+def lora_loss_curves(curves: pd.DataFrame, step: int) -> go.Figure:
+    """NUFILT's LoRA objective (Eq. 16) over Adam iterations at one step, one line per layer."""
+    title = f"LoRA loss (Eq. 16) during step {step}"
+    _require(curves, ["method", "step", "layer", "iteration", "loss"], "lora_loss_curves")
+    rows = curves[curves["step"] == step]
+    if rows.empty:
+        return _empty(title, f"no LoRA fit at step {step} (step 1, r_l = 0, or no NUFILT method)")
+    methods = _methods(rows)
+    fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True)
+    for col, method in enumerate(methods, start=1):
+        mine = rows[rows["method"] == method]
+        for layer in dict.fromkeys(mine["layer"]):
+            line = mine[mine["layer"] == layer]
+            fig.add_trace(
+                go.Scatter(
+                    x=line["iteration"], y=line["loss"], mode="lines", name=layer, showlegend=False,
+                    line={"width": 1.2},
+                    hovertemplate=f"{method}<br>layer {layer}<br>iteration %{{x}}: %{{y:.4g}}<extra></extra>",
+                ),
+                row=1, col=col,
+            )
+        fig.update_xaxes(title_text="Adam iteration", row=1, col=col)
+    positive = bool((rows["loss"] > 0).all())
+    fig.update_yaxes(title_text="loss", type="log" if positive else "linear", row=1, col=1)
+    fig.update_layout(title=title, height=360)
+    return fig
+
+
+# ---------------------------------------------------------------- geometry page
+
+
+def affinity_heatmaps(matrices: Mapping[str, pd.DataFrame], baseline: float | None = None) -> go.Figure:
+    """Data task (rows) x vector task (columns) affinity heatmaps side by side (e.g. mean and p90)."""
+    title = "Subspace affinity A(V_d, V̂) (Eq. 5)" + (f" — random baseline ≈ {baseline:.3f}" if baseline else "")
+    if not matrices:
+        return _empty(title, "no affinity matrix")
+    names = list(matrices)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True,
+                        horizontal_spacing=0.04)
+    for col, name in enumerate(names, start=1):
+        matrix = matrices[name]
+        values = matrix.to_numpy(dtype=float)
+        fig.add_trace(
+            go.Heatmap(
+                z=values, x=list(matrix.columns), y=list(matrix.index), zmin=0, zmax=1,
+                colorscale=AFFINITY_SCALE, showscale=col == len(names), colorbar={"title": "A"},
+                text=_labels(values, "{:.2f}"), texttemplate="%{text}" if values.shape[0] <= 10 else None,
+                hovertemplate=f"{name}<br>data task %{{y}}<br>vector task %{{x}}<br>affinity %{{z:.3f}}<extra></extra>",
+            ),
+            row=1, col=col,
+        )
+        fig.update_xaxes(title_text="task vector of", tickangle=-45, row=1, col=col)
+    fig.update_yaxes(title_text="data of", autorange="reversed", row=1, col=1)
+    size = len(next(iter(matrices.values())))
+    fig.update_layout(title=title, height=300 + 22 * size)
+    return fig
+
+
+def affinity_ecdf_figure(ecdf: pd.DataFrame) -> go.Figure:
+    """Layer-wise ECDF of affinity per (data task, vector task) pair, with the random baseline.
+
+    `ecdf`: pair, layer, affinity, ecdf and baseline (r_v / d_in of that layer): the baseline is
+    drawn as the ECDF of the per-layer random-subspace affinities (dashed).
+    """
+    title = "ECDF of per-layer affinity"
+    _require(ecdf, ["pair", "layer", "affinity", "ecdf", "baseline"], "affinity_ecdf_figure")
+    if ecdf.empty:
+        return _empty(title, "choose at least one pair")
+    fig = go.Figure()
+    for pair in dict.fromkeys(ecdf["pair"]):
+        rows = ecdf[ecdf["pair"] == pair]
+        fig.add_trace(
+            go.Scatter(
+                x=rows["affinity"], y=rows["ecdf"], mode="lines+markers", line_shape="hv", name=pair,
+                customdata=rows[["layer"]].to_numpy(),
+                hovertemplate=f"{pair}<br>layer %{{customdata[0]}}<br>affinity %{{x:.3f}}<br>"
+                "ECDF %{y:.2f}<extra></extra>",
+            )
+        )
+    first = ecdf[ecdf["pair"] == ecdf["pair"].iloc[0]]
+    baseline = np.sort(first["baseline"].to_numpy(dtype=float))
+    fig.add_trace(
+        go.Scatter(
+            x=baseline, y=np.arange(1, baseline.size + 1) / baseline.size, mode="lines", line_shape="hv",
+            name="random subspace (r_v / d_in)", line={"dash": "dash", "color": "grey"},
+            hovertemplate="random baseline %{x:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title, height=400, xaxis={"title": "affinity", "range": [0, 1]},
+        yaxis={"title": "fraction of layers ≤ x", "range": [0, 1.02]}, legend_title_text="data → vector",
+    )
+    return fig
+
+
+# ---------------------------------------------------------------- stability & plasticity
+
+
+def stability_plasticity_lines(per_step: pd.DataFrame) -> go.Figure:
+    """Stability loss (Eq. 3), plasticity loss (Eq. 4) and their harmonic mean per step and method."""
+    title = "Stability, plasticity and their harmonic mean (lower is better)"
+    _require(per_step, ["method", "step", "stability", "plasticity", "harmonic"], "stability_plasticity_lines")
+    if per_step.empty:
+        return _empty(title, "no merge step with losses yet")
+    names = {"stability": "stability loss (Eq. 3)", "plasticity": "plasticity loss (Eq. 4)",
+             "harmonic": "harmonic mean"}
+    fig = make_subplots(rows=1, cols=3, subplot_titles=list(names.values()))
+    for method in _methods(per_step):
+        rows = per_step[per_step["method"] == method].sort_values("step")
+        for col, column in enumerate(names, start=1):
+            fig.add_trace(
+                go.Scatter(
+                    x=rows["step"], y=rows[column], mode="lines+markers", name=method, legendgroup=method,
+                    showlegend=col == 1, line={"color": method_color(method)},
+                    hovertemplate=f"{method}<br>step %{{x}}<br>{names[column]} %{{y:.4g}}<extra></extra>",
+                ),
+                row=1, col=col,
+            )
+    fig.update_xaxes(title_text="step t", dtick=1)
+    fig.update_layout(title=title, height=380, legend_title_text="method")
+    return fig
+
+
+def stability_plasticity_summary(summary: pd.DataFrame) -> go.Figure:
+    """Per method, over steps t ≥ 2: mean stability, mean plasticity and their harmonic mean."""
+    title = "Mean over steps t ≥ 2"
+    _require(summary, ["method", "stability", "plasticity", "harmonic"], "stability_plasticity_summary")
+    if summary.empty:
+        return _empty(title, "needs at least two merge steps")
+    fig = go.Figure()
+    for column, pattern in (("stability", ""), ("plasticity", "/"), ("harmonic", "x")):
+        fig.add_trace(
+            go.Bar(
+                x=summary["method"], y=summary[column], name=column, marker_pattern_shape=pattern,
+                marker_color=[method_color(m) for m in summary["method"]],
+                hovertemplate=f"%{{x}}<br>{column} %{{y:.4g}}<extra></extra>",
+            )
+        )
+    fig.update_layout(title=title, barmode="group", height=360, yaxis_title="loss", legend_title_text="quantity")
+    return fig
+
+
+# ---------------------------------------------------------------- ranks
+
+
+def rank_sweep_curves(summary: pd.DataFrame, parameter: str, current: int | None = None) -> go.Figure:
+    """ACC and BWT of NUFILT against one rank (paper Fig. 4); error bars: std over orders."""
+    title = f"NUFILT rank sensitivity: {parameter}"
+    _require(summary, ["value", "acc_mean", "bwt_mean"], "rank_sweep_curves")
+    if summary.empty:
+        return _empty(title, "no sweep point computed yet")
+    rows = summary.sort_values("value")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["ACC (%) ↑", "BWT (%) ↑"])
+    for col, metric in enumerate(("acc", "bwt"), start=1):
+        std = rows.get(f"{metric}_std")
+        fig.add_trace(
+            go.Scatter(
+                x=rows["value"], y=rows[f"{metric}_mean"], mode="lines+markers", name=metric.upper(),
+                error_y={"type": "data", "array": std.fillna(0).to_numpy()} if std is not None else None,
+                line={"color": method_color("nufilt")},
+                hovertemplate=f"{parameter} = %{{x}}<br>{metric.upper()} %{{y:.2f}}<extra></extra>",
+            ),
+            row=1, col=col,
+        )
+        if current is not None:
+            fig.add_vline(x=current, line_dash="dot", line_color="grey", row=1, col=col)
+    fig.update_xaxes(title_text=parameter)
+    fig.update_layout(title=title, height=360, showlegend=False)
+    return fig
+
+
+# ---------------------------------------------------------------- paper comparison
+
+
+def paper_comparison_bars(table: pd.DataFrame) -> go.Figure:
+    """ACC and BWT of each method: the paper's number beside this run's (mean ± std where known).
+
+    `table`: method, source ("paper" or "this run"), acc, acc_std, bwt, bwt_std.
+    """
+    title = "This run beside the paper"
+    _require(table, ["method", "source", "acc", "bwt"], "paper_comparison_bars")
+    if table.empty:
+        return _empty(title, "nothing to compare yet")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["ACC (%) ↑", "BWT (%) ↑"])
+    styles = {"paper": {"opacity": 0.45, "marker_pattern_shape": "/"}, "this run": {"opacity": 1.0}}
+    for source in dict.fromkeys(table["source"]):
+        rows = table[table["source"] == source]
+        for col, metric in enumerate(("acc", "bwt"), start=1):
+            std = rows.get(f"{metric}_std")
+            fig.add_trace(
+                go.Bar(
+                    x=rows["method"], y=rows[metric], name=source, legendgroup=source, showlegend=col == 1,
+                    error_y={"type": "data", "array": std.fillna(0).to_numpy()} if std is not None else None,
+                    marker_color=[method_color(m) for m in rows["method"]], **styles.get(source, {}),
+                    hovertemplate=f"%{{x}} ({source})<br>{metric.upper()} %{{y:.1f}}<extra></extra>",
+                ),
+                row=1, col=col,
+            )
+    fig.update_xaxes(tickangle=-30)
+    fig.update_layout(title=title, barmode="group", height=400, legend_title_text="source")
+    return fig

@@ -1,0 +1,115 @@
+"""The app's Plotly figure builders: pure functions from tidy tables to figures (no Streamlit)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from nufilt import figures
+
+ORDER = ["a", "b", "c"]
+
+
+def accuracy_table(methods=("nufilt", "opcm"), steps=2) -> pd.DataFrame:
+    rows = []
+    for m, method in enumerate(methods):
+        for step in range(1, steps + 1):
+            for i, task in enumerate(ORDER[:step]):
+                rows.append({"method": method, "step": step, "task": task, "accuracy": 50.0 + 10 * i + step + m})
+    return pd.DataFrame(rows)
+
+
+def test_accuracy_matrices_one_lower_triangular_heatmap_per_method():
+    fig = figures.accuracy_matrices(accuracy_table(), ORDER)
+    assert isinstance(fig, go.Figure)
+    assert [trace.type for trace in fig.data] == ["heatmap", "heatmap"]
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert z.shape == (3, 3)  # every step of the order, even those not merged yet
+    assert z[0, 0] == 51.0 and z[1, 1] == 62.0 and math.isnan(z[0, 1]) and np.isnan(z[2]).all()
+    assert fig.data[0].zmin == 0 and fig.data[0].zmax == 100
+    assert "task %{x}" in fig.data[0].hovertemplate
+    assert fig.data[0].text[0][1] == ""  # no label in unseen cells
+
+
+def test_task_lines_and_acc_bwt_lines_have_one_trace_per_task_and_method():
+    lines = figures.task_accuracy_lines(accuracy_table(), ORDER)
+    assert len(lines.data) == 4  # 2 methods x 2 tasks seen (a, b)
+    metrics = pd.DataFrame({"method": ["nufilt", "nufilt", "opcm"], "step": [1, 2, 1], "acc": [80, 75, 70],
+                            "bwt": [0, -2, 0]})
+    fig = figures.acc_bwt_lines(metrics)
+    assert len(fig.data) == 4  # ACC and BWT panels per method
+    assert fig.data[0].line.color == figures.method_color("nufilt")
+    assert fig.data[0].line.color != figures.method_color("opcm")
+
+
+def test_removed_energy_and_lora_loss_show_only_the_chosen_step():
+    layers = pd.DataFrame({"method": "nufilt", "step": [2, 2, 3], "layer": ["l0", "l1", "l0"],
+                           "kind": "attention", "removed_energy": [0.1, 0.4, 0.2]})
+    bars = figures.removed_energy_bars(layers, 2)
+    assert list(bars.data[0].y) == [0.1, 0.4] and "layer %{x}" in bars.data[0].hovertemplate
+    curves = pd.DataFrame({"method": "nufilt", "step": 2, "layer": ["l0"] * 3 + ["l1"] * 3,
+                           "iteration": [0, 1, 2] * 2, "loss": [3.0, 2.0, 1.0, 5.0, 4.0, 3.5]})
+    fig = figures.lora_loss_curves(curves, 2)
+    assert len(fig.data) == 2 and fig.layout.yaxis.type == "log"
+    empty = figures.lora_loss_curves(curves, 1)
+    assert not empty.data and "no LoRA fit" in empty.layout.annotations[0].text
+
+
+def test_affinity_heatmaps_and_ecdf_carry_tasks_layers_and_the_baseline():
+    matrix = pd.DataFrame([[0.9, 0.1], [0.2, 0.8]], index=["a", "b"], columns=["a", "b"])
+    fig = figures.affinity_heatmaps({"mean": matrix, "p90": matrix}, baseline=0.06)
+    assert len(fig.data) == 2 and "0.060" in fig.layout.title.text
+    assert fig.data[0].zmin == 0 and fig.data[0].zmax == 1
+    ecdf = pd.DataFrame({"pair": ["a -> a"] * 2, "layer": ["l0", "l1"], "affinity": [0.5, 0.9],
+                         "ecdf": [0.5, 1.0], "baseline": [0.0625, 0.0156]})
+    fig = figures.affinity_ecdf_figure(ecdf)
+    assert [trace.name for trace in fig.data] == ["a -> a", "random subspace (r_v / d_in)"]
+    assert list(fig.data[0].customdata[:, 0]) == ["l0", "l1"]
+    assert "layer %{customdata[0]}" in fig.data[0].hovertemplate
+    assert list(fig.data[1].x) == [0.0156, 0.0625]  # the baseline ECDF, sorted
+
+
+def test_stability_rank_and_paper_figures():
+    per_step = pd.DataFrame({"method": "nufilt", "step": [1, 2], "stability": [float("nan"), 0.2],
+                             "plasticity": [0.1, 0.3], "harmonic": [float("nan"), 0.24]})
+    assert len(figures.stability_plasticity_lines(per_step).data) == 3
+    summary = pd.DataFrame({"method": ["nufilt"], "stability": [0.2], "plasticity": [0.3], "harmonic": [0.24]})
+    assert len(figures.stability_plasticity_summary(summary).data) == 3
+    sweep = pd.DataFrame({"value": [8, 0, 4], "acc_mean": [70, 60, 65], "acc_std": [1.0, 0, 0],
+                          "bwt_mean": [-1, -5, -3], "bwt_std": [0.5, 0, 0]})
+    fig = figures.rank_sweep_curves(sweep, "r_p", current=4)
+    assert list(fig.data[0].x) == [0, 4, 8]  # sorted by rank
+    comparison = pd.DataFrame({"method": ["nufilt", "nufilt"], "source": ["paper", "this run"], "acc": [83.6, 70.0],
+                               "acc_std": [0.2, None], "bwt": [-2.7, -1.0], "bwt_std": [0.7, None]})
+    fig = figures.paper_comparison_bars(comparison)
+    assert {trace.name for trace in fig.data} == {"paper", "this run"}
+
+
+@pytest.mark.parametrize("builder", [
+    lambda: figures.accuracy_matrices(pd.DataFrame(columns=["method", "step", "task", "accuracy"]), ORDER),
+    lambda: figures.acc_bwt_lines(pd.DataFrame(columns=["method", "step", "acc", "bwt"])),
+    lambda: figures.stability_plasticity_lines(
+        pd.DataFrame(columns=["method", "step", "stability", "plasticity", "harmonic"])),
+    lambda: figures.rank_sweep_curves(pd.DataFrame(columns=["value", "acc_mean", "bwt_mean"]), "r_l"),
+    lambda: figures.affinity_heatmaps({}),
+])
+def test_empty_tables_give_a_titled_placeholder_not_an_error(builder):
+    fig = builder()
+    assert not fig.data and fig.layout.title.text and fig.layout.annotations
+
+
+def test_a_table_without_the_needed_columns_is_a_clear_error():
+    with pytest.raises(ValueError, match="missing \\['accuracy'\\]"):
+        figures.accuracy_matrices(pd.DataFrame(columns=["method", "step", "task"]), ORDER)
+
+
+def test_builders_do_not_modify_their_input():
+    table = accuracy_table()
+    copy = table.copy()
+    figures.accuracy_matrices(table, ORDER)
+    figures.task_accuracy_lines(table, ORDER)
+    pd.testing.assert_frame_equal(table, copy)
