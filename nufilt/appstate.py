@@ -1,0 +1,923 @@
+"""The app's logic without Streamlit: choices, run configuration, a step-by-step multi-method run.
+
+The Streamlit pages stay thin: they turn widget values into a `RunConfig` (names and numbers
+only), ask for a `MultiRun` keyed by it, call `step()` / `run_to_end()` / `reset()`, and plot the
+tidy tables the run exposes with `nufilt.figures`. Everything here is testable without a browser.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import io
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .analysis.activations import activation_statistics, selected_layers
+from .analysis.affinity import affinity_ecdf
+from .analysis.runs import CachedBackbone, StepRecord
+from .analysis.stability import LOSS_COLUMNS, step_losses, summarize_losses
+from .analysis.trace import LAYER_COLUMNS, step_trace
+from .backbones import EMBEDDED, get_backbone
+from .backbones.base import Backbone, StateDict, TaskInfo
+from .evaluation import MethodSpec, acc_bwt, check_order, method_spec, paper_orders, parse_order_indices
+from .merge import make_merger, resolve_device
+from .methods import ABLATIONS, COMMON_OPTIONS, METHODS, get_method
+
+ProgressFn = Callable[[str, float], None]
+ENV_PRESET = "NUFILT_ZOO_PRESET"  # tiny-vit zoo preset for the app ("default"; tests use "micro")
+PAPER_GROUPS = (8, 14, 20)
+
+# ---------------------------------------------------------------- backbones
+
+
+@dataclass(frozen=True)
+class BackboneChoice:
+    """A backbone the Setup page lists, with what it needs to run."""
+
+    spec: str  # registry spec; "openclip:" / "local:" take a folder after the colon
+    label: str
+    needs: str
+    offline: bool = False
+
+    @property
+    def takes_path(self) -> bool:
+        return self.spec.endswith(":")
+
+
+BACKBONE_CHOICES: tuple[BackboneChoice, ...] = (
+    BackboneChoice(EMBEDDED, "tiny-vit (embedded, offline)",
+                   "nothing: a tiny CLIP-style ViT zoo on generated 16x16 tasks, built on this machine the "
+                   "first time (a few minutes on 2 CPU cores) and cached", offline=True),
+    BackboneChoice("clip-vit-b32", "CLIP ViT-B/32 (Hugging Face Hub)",
+                   "Hub access (or the local HF cache) for openai/clip-vit-base-patch32, the 20 fine-tuned "
+                   "tanganke/clip-vit-base-patch32_<task> models and the test sets (~4 GB)"),
+    BackboneChoice("clip-vit-b16", "CLIP ViT-B/16 (Hugging Face Hub)",
+                   "Hub access (or the local HF cache) for openai/clip-vit-base-patch16 and "
+                   "tanganke/clip-vit-base-patch16_<task> models and the test sets"),
+    BackboneChoice("clip-vit-l14", "CLIP ViT-L/14 (Hugging Face Hub)",
+                   "Hub access (or the local HF cache) for openai/clip-vit-large-patch14 and "
+                   "tanganke/clip-vit-large-patch14_<task> models (~1.2 GB each) and the test sets"),
+    BackboneChoice("flan-t5-base", "Flan-T5-base, 8 GLUE tasks (Hugging Face Hub)",
+                   "Hub access (or the local HF cache) for google/flan-t5-base, the fine-tuned GLUE models "
+                   "and the GLUE validation sets"),
+    BackboneChoice("openclip:", "open_clip checkpoint folder",
+                   "a local folder with the pre-trained open_clip checkpoint and one checkpoint per task "
+                   "(see README, 'Real backbones'); test sets from the Hub or a data folder"),
+    BackboneChoice("local:", "local save_pretrained folder",
+                   "a local folder with pretrained/ (save_pretrained) and one fine-tuned folder per task "
+                   "(see README, 'Real backbones'); test sets from the Hub or a data folder"),
+)
+
+
+def backbone_choice(spec: str) -> BackboneChoice:
+    for choice in BACKBONE_CHOICES:
+        if spec == choice.spec or (choice.takes_path and spec.startswith(choice.spec)):
+            return choice
+    raise ValueError(f"unknown backbone {spec!r}; known: {', '.join(c.spec for c in BACKBONE_CHOICES)}")
+
+
+def zoo_preset() -> str:
+    """The embedded zoo preset the app uses: `$NUFILT_ZOO_PRESET` or "default"."""
+    return os.environ.get(ENV_PRESET, "").strip() or "default"
+
+
+class AppBackbone(Backbone):
+    """A backbone as the app uses it: evaluation serialised and optionally on fewer test inputs.
+
+    The app shares one backbone between sessions and the background build, and the embedded
+    backbone reuses one encoder module, so two evaluations must never load weights at once.
+    `max_eval` scores the embedded zoo on the first `max_eval` test images of each task (a
+    merge step scores every task seen so far, which dominates its time); hub backbones get it
+    as their own `max_samples`. Everything else is delegated.
+    """
+
+    def __init__(self, inner: Backbone, max_eval: int | None = None) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.family = inner.family
+        n_test = inner.config.n_test if inner.name == EMBEDDED else None  # (a hub config loads files)
+        self.max_eval = max_eval if n_test and max_eval and max_eval < n_test else None
+        self._lock = threading.RLock()
+        self._data = None
+        self._encoder: torch.nn.Module | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def tasks(self) -> list[TaskInfo]:
+        return self.inner.tasks
+
+    def pretrained_state(self) -> dict[str, torch.Tensor]:
+        return self.inner.pretrained_state()
+
+    def finetuned_state(self, task: str) -> dict[str, torch.Tensor]:
+        return self.inner.finetuned_state(task)
+
+    def evaluate(self, state: StateDict, tasks: Sequence[str]) -> dict[str, float]:
+        with self._lock:
+            if self.max_eval is None:
+                return self.inner.evaluate(state, tasks)
+            return self._evaluate_first(state, list(tasks))
+
+    @torch.inference_mode()
+    def _evaluate_first(self, state: StateDict, names: list[str]) -> dict[str, float]:
+        """The embedded backbone's `evaluate` on the first `max_eval` test images of each task."""
+        from .zoo.build import TaskData, accuracy, features, head_logits
+
+        for name in names:
+            self.inner.task(name)
+        if not names:
+            return {}
+        if self._data is None:
+            self._data = TaskData(self.inner.config)
+        if self._encoder is None:
+            self._encoder = self.inner.build_encoder(state)
+        else:
+            self._encoder.load_state_dict(dict(state))
+        splits = [tuple(part[: self.max_eval] for part in self._data.get(name, "test")) for name in names]
+        feats = features(self._encoder, torch.cat([images for images, _ in splits]), self.inner.eval_batch)
+        heads, scores, start = self.inner.heads(), {}, 0
+        for name, (_, labels) in zip(names, splits, strict=True):
+            scores[name] = accuracy(head_logits(feats[start : start + len(labels)], heads[name]), labels)
+            start += len(labels)
+        return scores
+
+    def build_encoder(self, state: StateDict) -> torch.nn.Module:
+        return self.inner.build_encoder(state)
+
+    def activation_batches(self, task: str, n_samples: int, split: str = "test"):
+        return self.inner.activation_batches(task, n_samples, split)
+
+    def reference(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            return self.inner.reference()
+
+
+EVAL_BATCH = 512  # images per forward pass: faster than larger batches on small CPUs (cache-friendly)
+
+
+def open_backbone(spec: str, n_tasks: int, preset: str = "default", cache_dir: str | None = None,
+                  device: str = "auto", max_eval: int | None = None) -> CachedBackbone:
+    """The backbone for the app: models kept in memory once loaded, evaluation serialised.
+
+    Construction is cheap (nothing is built or downloaded); `PrepareJob` does the slow part.
+    `max_eval`: test inputs per task when scoring (None: all).
+    """
+    backbone_choice(spec)
+    if spec == EMBEDDED:
+        inner = get_backbone(EMBEDDED, n_tasks=n_tasks, preset=preset, cache_dir=cache_dir)
+        inner.eval_batch = EVAL_BATCH
+    else:
+        kwargs: dict[str, Any] = {"tasks": n_tasks, "device": device}
+        if cache_dir is not None:
+            kwargs["cache_dir"] = cache_dir
+        if max_eval:
+            kwargs["max_samples"] = max_eval
+        inner = get_backbone(spec, **kwargs)
+    return CachedBackbone(AppBackbone(inner, max_eval))
+
+
+def pool_size(spec: str, preset: str = "default") -> int:
+    """How many tasks a backbone offers (without loading any model)."""
+    if spec == EMBEDDED:
+        from .zoo.config import resolve_config
+
+        return len(resolve_config(preset).tasks)
+    if spec == "flan-t5-base":
+        return 8
+    return 20
+
+
+def task_groups(pool: int) -> list[int]:
+    """The paper's groups (8/14/20) that fit a pool of `pool` tasks; the whole pool otherwise."""
+    groups = [n for n in PAPER_GROUPS if n <= pool]
+    return groups or [pool]
+
+
+def zoo_ready(backbone: Backbone) -> bool:
+    """True when the embedded zoo's models are on disk (a fast size check, no hashing)."""
+    from .cache import check_integrity
+    from .zoo.build import finetuned_root, heads_folder, pretrained_folder
+
+    if backbone.name != EMBEDDED:  # (reading a hub backbone's config would fetch files)
+        return False
+    config = backbone.config
+    cache_dir = getattr(backbone, "cache_dir", None)
+    folders = [pretrained_folder(config, cache_dir), heads_folder(config, cache_dir)]
+    folders += [finetuned_root(config, cache_dir) / task.name for task in backbone.tasks]
+    return all(check_integrity(folder, deep=False) is None for folder in folders)
+
+
+def device_summary(device: str = "auto") -> str:
+    """One line: the merge device, and what the machine has."""
+    resolved = resolve_device(device)
+    if torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+        return f"{resolved.type.upper()} (CUDA available: {gpu}); torch {torch.__version__}"
+    return f"{resolved.type.upper()} (no CUDA GPU), {torch.get_num_threads()} torch threads; torch {torch.__version__}"
+
+
+# ---------------------------------------------------------------- building / loading in the background
+
+_PREPARE_LOCK = threading.Lock()  # one build at a time: they compete for the same cores
+
+
+class PrepareJob:
+    """`backbone.prepare()` (zoo build, downloads, checks) in a background thread.
+
+    The page polls `state`, `message` and `fraction`, so it never freezes, and navigating away
+    does not interrupt the build. `error` holds the reason when it failed.
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.backbone = backbone
+        self.state = "ready" if zoo_ready(backbone) else "idle"  # idle | running | ready | failed
+        self.message = "models on disk" if self.state == "ready" else "not started"
+        self.fraction = 1.0 if self.state == "ready" else 0.0
+        self.error: str | None = None
+        self.seconds = 0.0
+        self._thread: threading.Thread | None = None
+        self._guard = threading.Lock()
+
+    def start(self) -> None:
+        with self._guard:
+            if self.state in ("running", "ready"):
+                return
+            self.state, self.error, self.fraction, self.message = "running", None, 0.0, "waiting to start"
+            self._thread = threading.Thread(target=self._run, name="nufilt-prepare", daemon=True)
+            self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> str:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.state
+
+    def _progress(self, message: str, fraction: float) -> None:
+        self.message, self.fraction = message, min(max(float(fraction), 0.0), 1.0)
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        try:
+            with _PREPARE_LOCK:
+                prepare = getattr(self.backbone, "prepare", None)
+                if prepare is None:
+                    self.backbone.pretrained_state()
+                elif "progress" in inspect.signature(prepare).parameters:
+                    prepare(progress=self._progress)
+                else:
+                    self._progress("loading and checking every model", 0.05)
+                    prepare()
+            self.state, self.message, self.fraction = "ready", "ready", 1.0
+        except Exception as error:  # shown to the user as st.error; the app keeps working
+            self.state, self.error = "failed", f"{type(error).__name__}: {error}"
+        finally:
+            self.seconds = time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- task orders
+
+ORDER_MODES = {
+    "paper": "the paper's order",
+    "random": "random, with a seed",
+    "custom": "custom (typed)",
+    "pool": "the pool's own order",
+}
+
+
+def order_modes(n_tasks: int) -> list[str]:
+    """Order modes that apply to a task count (the paper has orders for 8, 14 and 20 tasks)."""
+    return [m for m in ORDER_MODES if m != "paper" or n_tasks in PAPER_GROUPS]
+
+
+def parse_custom_order(text: str, tasks: Sequence[str]) -> list[str]:
+    """Task names or 1-based positions separated by commas, spaces, arrows or new lines."""
+    parts = [p for p in re.split(r"[,\s;>→]+", text.replace("->", ",")) if p]
+    if not parts:
+        raise ValueError("the custom order is empty: type the task names (or 1-based numbers) in merge order")
+    order = []
+    for part in parts:
+        if part.isdigit():
+            index = int(part)
+            if not 1 <= index <= len(tasks):
+                raise ValueError(f"task number {index} is out of range 1..{len(tasks)}")
+            order.append(tasks[index - 1])
+        else:
+            order.append(part)
+    return check_order(order, list(tasks), len(tasks))
+
+
+def resolve_order(tasks: Sequence[str], mode: str, paper_index: int = 1, seed: int = 0, custom: str = "") -> list[str]:
+    """The merge order for `mode` (see `ORDER_MODES`); ValueError with the reason for bad input."""
+    tasks = list(tasks)
+    if mode == "paper":
+        return paper_orders(tasks, [paper_index])[0]
+    if mode == "random":
+        order = list(tasks)
+        random.Random(seed).shuffle(order)
+        return order
+    if mode == "custom":
+        return parse_custom_order(custom, tasks)
+    if mode == "pool":
+        return tasks
+    raise ValueError(f"unknown order mode {mode!r}; known: {', '.join(ORDER_MODES)}")
+
+
+# ---------------------------------------------------------------- method options
+
+
+@dataclass(frozen=True)
+class OptionField:
+    """One option of a method, for building a widget: name, kind, value, choices, help."""
+
+    name: str
+    kind: str  # "int", "float", "bool", "choice", "text"
+    value: Any
+    choices: tuple[str, ...] = ()
+    help: str = ""
+
+
+def method_labels() -> list[str]:
+    return [*METHODS, *ABLATIONS]
+
+
+def base_method(label: str) -> str:
+    return label if label in METHODS else "nufilt"
+
+
+def _field_comments(options_cls: type) -> dict[str, str]:
+    try:
+        source = inspect.getsource(options_cls)
+    except (OSError, TypeError):
+        return {}
+    found = re.findall(r"^\s+(\w+)\s*:\s*[^=#\n]+=[^#\n]*#\s*(.+)$", source, flags=re.MULTILINE)
+    return dict(found)
+
+
+def _choices(options_cls: type, name: str) -> tuple[str, ...]:
+    """The allowed values of a string option, read from the validation error it raises."""
+    try:
+        options_cls(**{name: "\x00"})
+    except ValueError as error:
+        match = re.search(r"must be one of (\(.*?\))", str(error))
+        if match:
+            try:
+                return tuple(ast.literal_eval(match.group(1)))
+            except (ValueError, SyntaxError):
+                return ()
+    except TypeError:
+        return ()
+    return ()
+
+
+def option_fields(
+    label: str, n_tasks: int, recommended: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[OptionField]:
+    """The options of a method or ablation, with the values it would use by default.
+
+    Values: the dataclass defaults < the paper's Table 9 for `n_tasks` < the backbone's
+    recommendation (tiny-vit: zoo-scaled NUFILT ranks) < the ablation's settings.
+    """
+    options_cls = get_method(base_method(label)).Options
+    values = method_spec(label, n_tasks, recommended).options
+    comments = _field_comments(options_cls)
+    fields = []
+    for item in dataclasses.fields(options_cls):
+        value = values.get(item.name, item.default)
+        if isinstance(value, bool):
+            kind, choices = "bool", ()
+        elif isinstance(value, int):
+            kind, choices = "int", ()
+        elif isinstance(value, float):
+            kind, choices = "float", ()
+        else:
+            choices = _choices(options_cls, item.name)
+            kind = "choice" if choices else "text"
+        fields.append(OptionField(item.name, kind, value, choices, comments.get(item.name, "")))
+    return fields
+
+
+def changed_options(fields: Sequence[OptionField], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The widget values that differ from the defaults shown (what the run overrides)."""
+    return {f.name: values[f.name] for f in fields if f.name in values and values[f.name] != f.value}
+
+
+# ---------------------------------------------------------------- run configuration
+
+
+def _freeze(mapping: Mapping[str, Mapping[str, Any]]) -> tuple:
+    return tuple(sorted((label, tuple(sorted(options.items()))) for label, options in mapping.items() if options))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run, as names and numbers (hashable: the run's cache key)."""
+
+    backbone: str = EMBEDDED
+    n_tasks: int = 8
+    order: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ("nufilt",)
+    overrides: tuple = ()  # ((label, ((option, value), ...)), ...): see `make_config`
+    preset: str = "default"
+    cache_dir: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    track_losses: bool = True
+    n_samples: int = 256  # inputs per task for the stability/plasticity statistics
+    max_eval: int | None = 200  # test inputs per task when scoring (None: all; see `AppBackbone`)
+
+    def options_for(self, label: str) -> dict[str, Any]:
+        return dict(dict(self.overrides).get(label, ()))
+
+    def backbone_key(self) -> tuple:
+        return (self.backbone, self.n_tasks, self.preset, self.cache_dir, self.device, self.max_eval)
+
+    def specs(self, backbone: Backbone) -> list[MethodSpec]:
+        """Method specs (validated: ValueError/TypeError with the reason)."""
+        recommended = getattr(backbone, "recommended_options", {}) or {}
+        common = {"device": self.device, "seed": self.seed}
+        return [
+            method_spec(label, len(self.order), recommended, {label: self.options_for(label)}, **common)
+            for label in self.methods
+        ]
+
+
+def make_config(
+    backbone: str,
+    n_tasks: int,
+    order: Sequence[str],
+    methods: Sequence[str],
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    **settings: Any,
+) -> RunConfig:
+    """A `RunConfig`; ValueError for an empty method list or unknown labels."""
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ValueError("choose at least one merge method")
+    unknown = [m for m in methods if m not in METHODS and m not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(method_labels())}")
+    return RunConfig(backbone, int(n_tasks), tuple(order), tuple(methods), _freeze(overrides or {}), **settings)
+
+
+# ---------------------------------------------------------------- the step-by-step run
+
+
+@dataclass
+class _MethodState:
+    spec: MethodSpec
+    merger: Any
+    merged: dict[str, torch.Tensor] | None = None
+    matrix: list[list[float]] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return len(self.matrix)
+
+
+_TABLES = ("accuracy", "metrics", "layers", "curves", "losses")
+
+
+@dataclass(frozen=True)
+class _Covariance:
+    covariance: torch.Tensor  # what `stability.step_losses` reads from old-task statistics
+
+
+class MultiRun:
+    """Several methods merging the same task order one step at a time, with everything the pages plot.
+
+    Holds per method a merger (θ0, θ̄_{t−1} and O(1) statistics) and small tables: the accuracy
+    matrix, ACC/BWT so far, the per-layer trace (removed energy, norms, NUFILT ranks), NUFILT's
+    LoRA loss curves and, when `track_losses`, stability/plasticity losses (from input statistics
+    of each task's own data, computed when the task is merged and cached on disk).
+    A step is committed per method only when it is complete, so an interrupted step (a Streamlit
+    rerun) is finished by the next `step()`; methods are never more than one step apart.
+    """
+
+    def __init__(self, backbone: Backbone, order: Sequence[str], specs: Sequence[MethodSpec],
+                 track_losses: bool = True, n_samples: int = 256) -> None:
+        if not specs:
+            raise ValueError("a run needs at least one method")
+        self.backbone = backbone if isinstance(backbone, CachedBackbone) else CachedBackbone(backbone)
+        self.order = check_order(order, [t.name for t in self.backbone.tasks])
+        self.specs = {spec.label: spec for spec in specs}
+        self.track_losses = track_losses
+        self.n_samples = clamp_samples(self.backbone, n_samples)
+        self._lock = threading.RLock()
+        self.pretrained = self.backbone.pretrained_state()
+        self.keys = selected_layers(self.pretrained)
+        nufilt_specs = [s for s in specs if s.method == "nufilt"]
+        self.trace_r_p = int(nufilt_specs[0].options.get("r_p", 128)) if nufilt_specs else int(
+            method_spec("nufilt", len(self.order), getattr(self.backbone, "recommended_options", {})).options["r_p"])
+        self.reset()
+
+    # -- state
+
+    def reset(self) -> None:
+        """Back to step 0 with fresh mergers (options and order kept)."""
+        with self._lock:
+            self._methods = {
+                label: _MethodState(spec, make_merger(spec.method, self.pretrained, **spec.options))
+                for label, spec in self.specs.items()
+            }
+            self._rows: dict[str, list[dict]] = {name: [] for name in _TABLES}
+            self._covariance_sums: dict[int, dict[str, torch.Tensor]] = {}
+            self.messages: list[str] = []
+            self.last_step_seconds = 0.0
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.specs)
+
+    @property
+    def steps_done(self) -> int:
+        return min(state.steps for state in self._methods.values())
+
+    @property
+    def finished(self) -> bool:
+        return self.steps_done >= len(self.order)
+
+    def next_task(self) -> str | None:
+        return None if self.finished else self.order[self.steps_done]
+
+    def merged_state(self, label: str) -> dict[str, torch.Tensor] | None:
+        return self._methods[label].merged
+
+    def matrix(self, label: str) -> list[list[float]]:
+        return [list(row) for row in self._methods[label].matrix]
+
+    # -- stepping
+
+    def step(self, progress: ProgressFn | None = None) -> int:
+        """Merge the next task with every method (finishing an interrupted step first)."""
+        with self._lock:
+            if self.finished:
+                return self.steps_done
+            start = time.perf_counter()
+            target = self.steps_done + 1
+            behind = [label for label, state in self._methods.items() if state.steps < target]
+            for i, label in enumerate(behind):
+                if progress:
+                    progress(f"step {target}/{len(self.order)}: {label} merges {self.order[target - 1]}",
+                             i / len(behind))
+                self._advance(label)
+            self.last_step_seconds = time.perf_counter() - start
+            if progress:
+                progress(f"step {target} done", 1.0)
+            return self.steps_done
+
+    def run_to_end(self, progress: ProgressFn | None = None) -> int:
+        total = len(self.order)
+        while not self.finished:
+            done = self.steps_done
+
+            def report(message: str, fraction: float, done: int = done) -> None:
+                if progress:
+                    progress(message, (done + fraction) / total)
+
+            self.step(report)
+        return self.steps_done
+
+    def _advance(self, label: str) -> None:
+        state = self._methods[label]
+        step = state.steps + 1
+        task = self.order[step - 1]
+        task_state = self.backbone.finetuned_state(task)
+        previous = state.merged if state.merged is not None else self.pretrained
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            merged = state.merger.add(task_state)
+        for warning in caught:
+            self._note(f"{label}: {warning.message}")
+        report = state.merger.report
+        start = time.perf_counter()
+        scores = self.backbone.evaluate(merged, self.order[:step])
+        eval_seconds = time.perf_counter() - start
+        row = [scores[name] for name in self.order[:step]]
+        start = time.perf_counter()
+        record = StepRecord(step, task, self.pretrained, previous, merged, task_state, report, state.spec)
+        trace = step_trace(record, self.keys, self.trace_r_p, top_k=1)
+        losses = self._losses(step, previous, merged, task_state)
+        analysis_seconds = time.perf_counter() - start
+        # commit (nothing above changed this run's tables)
+        tag = {"method": label, "step": step, "task": task}
+        acc, bwt = acc_bwt([*state.matrix, row])
+        self._rows["accuracy"].extend({**tag, "task": name, "accuracy": value}
+                                      for name, value in zip(self.order[:step], row, strict=True))
+        self._rows["metrics"].append({**tag, "acc": acc, "bwt": bwt, "merge_seconds": report.seconds,
+                                      "eval_seconds": eval_seconds, "analysis_seconds": analysis_seconds,
+                                      "task_norm": report.task_norm, "merged_norm": report.merged_norm})
+        self._rows["layers"].extend(trace["layers"])
+        self._rows["curves"].extend(trace["loss_curves"])
+        self._rows["losses"].extend({**tag, **loss} for loss in losses)
+        state.matrix.append(row)
+        state.merged = merged
+
+    def _note(self, message: str) -> None:
+        if message not in self.messages:
+            self.messages.append(message)
+
+    def _statistics(self, task: str) -> dict | None:
+        try:
+            return activation_statistics(self.backbone, task, keys=self.keys, n_samples=self.n_samples)
+        except Exception as error:  # e.g. no test data for a hub backbone: the merge goes on
+            self.track_losses = False
+            self._note(f"stability/plasticity tracking turned off: {type(error).__name__}: {error}")
+            return None
+
+    def _old_covariance(self, step: int) -> list[_Covariance] | None:
+        """Mean input covariance of the tasks merged before `step` (a running sum, not every task)."""
+        count = step - 1
+        if count == 0:
+            return []
+        if count not in self._covariance_sums:
+            before = self._old_covariance(step - 1)
+            if before is None:
+                return None
+            stats = self._statistics(self.order[count - 1])
+            if stats is None:
+                return None
+            previous_sums = self._covariance_sums.get(count - 1, {})
+            self._covariance_sums[count] = {
+                key: previous_sums.get(key, 0) + stats[key].covariance.double() for key in self.keys
+            }
+            for old in [k for k in self._covariance_sums if k < count - 1]:
+                del self._covariance_sums[old]
+        sums = self._covariance_sums[count]
+        return [{key: _Covariance(value / count) for key, value in sums.items()}]
+
+    def _losses(self, step: int, previous: StateDict, merged: StateDict, task_state: StateDict) -> list[dict]:
+        if not self.track_losses:
+            return []
+        old = self._old_covariance(step)
+        new = self._statistics(self.order[step - 1])
+        if old is None or new is None:
+            return []
+        return step_losses(previous, merged, task_state, old, new, self.keys)
+
+    # -- tables (new DataFrames each call)
+
+    def accuracy(self) -> pd.DataFrame:
+        """method, step, task, accuracy: every seen task after every step."""
+        return pd.DataFrame(self._rows["accuracy"], columns=["method", "step", "task", "accuracy"])
+
+    def metrics(self) -> pd.DataFrame:
+        """method, step, task (merged), acc, bwt (so far), timings and whole-model norms."""
+        columns = ["method", "step", "task", "acc", "bwt", "merge_seconds", "eval_seconds", "analysis_seconds",
+                   "task_norm", "merged_norm"]
+        return pd.DataFrame(self._rows["metrics"], columns=columns)
+
+    def layers(self) -> pd.DataFrame:
+        """The merge trace per step and layer (`analysis.trace.LAYER_COLUMNS`)."""
+        return pd.DataFrame(self._rows["layers"], columns=list(LAYER_COLUMNS))
+
+    def loss_curves(self) -> pd.DataFrame:
+        """NUFILT's LoRA loss per Adam iteration: method, step, task, layer, iteration, loss."""
+        return pd.DataFrame(self._rows["curves"], columns=["method", "step", "task", "layer", "iteration", "loss"])
+
+    def losses(self) -> pd.DataFrame:
+        """Stability/plasticity per step and layer (`analysis.stability.LOSS_COLUMNS`)."""
+        return pd.DataFrame(self._rows["losses"], columns=list(LOSS_COLUMNS))
+
+    def loss_summary(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(per step, per method): see `analysis.stability.summarize_losses`."""
+        return summarize_losses(self.losses())
+
+    def summary(self) -> pd.DataFrame:
+        """method, steps, acc, bwt of the latest merged model of each method."""
+        rows = []
+        for label, state in self._methods.items():
+            acc, bwt = acc_bwt(state.matrix) if state.matrix else (float("nan"), float("nan"))
+            rows.append({"method": label, "steps": state.steps, "acc": acc, "bwt": bwt})
+        return pd.DataFrame(rows, columns=["method", "steps", "acc", "bwt"])
+
+    def card_info(self, label: str) -> dict[str, Any]:
+        """Model-card facts of a method's current merged model (for `export.save_merged`)."""
+        state = self._methods[label]
+        seen = self.order[: state.steps]
+        acc, bwt = acc_bwt(state.matrix) if state.matrix else (None, None)
+        return {"method": label, "options": dict(state.spec.options), "order": seen,
+                "scores": dict(zip(seen, state.matrix[-1], strict=True)) if state.matrix else {},
+                "acc": acc, "bwt": bwt}
+
+
+# ---------------------------------------------------------------- geometry adapters
+
+
+def clamp_samples(backbone: Backbone, n_samples: int) -> int:
+    """At most the embedded zoo's test-set size (the statistics use test inputs)."""
+    if backbone.name != EMBEDDED:
+        return n_samples
+    return min(n_samples, backbone.config.n_test)
+
+
+def ecdf_with_layers(table: pd.DataFrame, pairs: Sequence[tuple[str, str]], kind: str = "all") -> pd.DataFrame:
+    """`analysis.affinity_ecdf` plus the layer and random baseline of each point (for hover text).
+
+    Columns: data_task, vector_task, pair, layer, kind, affinity, ecdf, baseline.
+    """
+    columns = ["data_task", "vector_task", "pair", "layer", "kind", "affinity", "ecdf", "baseline"]
+    if not pairs:
+        return pd.DataFrame(columns=columns)
+    ecdf = affinity_ecdf(table, pairs, kind)  # validates kind and pairs
+    rows = table if kind == "all" else table[table["kind"] == kind]
+    parts = []
+    for data_task, vector_task in pairs:
+        mine = rows[(rows["data_task"] == data_task) & (rows["vector_task"] == vector_task)]
+        mine = mine.sort_values("affinity", kind="stable").reset_index(drop=True)
+        part = ecdf[(ecdf["data_task"] == data_task) & (ecdf["vector_task"] == vector_task)].reset_index(drop=True)
+        part = part.assign(layer=mine["layer"], kind=mine["kind"], baseline=mine["baseline"])
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+def default_pairs(tasks: Sequence[str]) -> list[tuple[str, str]]:
+    """Two matched pairs and one mismatched pair (Fig. 2c)."""
+    tasks = list(tasks)
+    if len(tasks) < 2:
+        return [(tasks[0], tasks[0])] if tasks else []
+    return [(tasks[0], tasks[0]), (tasks[1], tasks[1]), (tasks[0], tasks[1])]
+
+
+# ---------------------------------------------------------------- ranks
+
+
+def parse_values(text: str) -> list[int]:
+    """ "0, 8, 16" or "0-32:8" -> sorted distinct non-negative integers (ValueError otherwise)."""
+    values: set[int] = set()
+    for part in filter(None, (p.strip() for p in re.split(r"[,\s]+", text))):
+        match = re.fullmatch(r"(\d+)-(\d+):(\d+)", part)
+        if match:
+            low, high, stride = map(int, match.groups())
+            if stride < 1 or high < low:
+                raise ValueError(f"bad range {part!r}: use LOW-HIGH:STEP with LOW <= HIGH and STEP >= 1")
+            values.update(range(low, high + 1, stride))
+        elif part.isdigit():
+            values.add(int(part))
+        else:
+            raise ValueError(f"ranks must be non-negative integers (or LOW-HIGH:STEP ranges), got {part!r}")
+    if not values:
+        raise ValueError("no rank values given")
+    return sorted(values)
+
+
+def layer_widths(backbone: Backbone) -> tuple[int, int]:
+    """(smallest, largest) input width among NUFILT's layers: ranks above the smallest get clamped."""
+    state = backbone.pretrained_state()
+    widths = [state[key].shape[1] for key in selected_layers(state)]
+    return min(widths), max(widths)
+
+
+# ---------------------------------------------------------------- paper comparison
+
+# Claims of the paper's Table 1 that a run on any backbone can be checked against.
+QUALITATIVE_CLAIMS = (
+    "NUFILT has the highest ACC of the continual methods",
+    "NUFILT forgets least (BWT closest to zero)",
+    "every continual method forgets (BWT < 0)",
+    "the ACC ranking of the methods agrees with the paper's (Kendall τ > 0)",
+)
+
+
+def _kendall_tau(first: Sequence[float], second: Sequence[float]) -> float:
+    pairs = concordant = 0
+    for i in range(len(first)):
+        for j in range(i + 1, len(first)):
+            product = (first[i] - first[j]) * (second[i] - second[j])
+            if product != 0:
+                pairs += 1
+                concordant += 1 if product > 0 else -1
+    return concordant / pairs if pairs else float("nan")
+
+
+def qualitative_checks(run: Mapping[str, Mapping[str, float]], paper_rows: Sequence[Mapping]) -> pd.DataFrame:
+    """Each claim of `QUALITATIVE_CLAIMS`: does it hold in the paper's column, and in this run?
+
+    `run`: {method label: {"acc": ..., "bwt": ...}}; `paper_rows`: `paper.paper_reference` rows.
+    Only methods present in both are compared. Columns: claim, paper, run (True/False/None).
+    """
+    paper = {row["label"]: row for row in paper_rows if row.get("label") and row.get("acc") is not None}
+    common = [label for label in run if label in paper]
+
+    def facts(table: Mapping[str, Mapping[str, float]]) -> list[bool | None]:
+        if not common:
+            return [None] * len(QUALITATIVE_CLAIMS)
+        acc = {m: table[m]["acc"] for m in common}
+        bwt = {m: table[m]["bwt"] for m in common}
+        has_nufilt = "nufilt" in common and len(common) > 1
+        return [
+            max(acc, key=acc.get) == "nufilt" if has_nufilt else None,
+            min(bwt, key=lambda m: abs(bwt[m])) == "nufilt" if has_nufilt else None,
+            all(value < 0 for value in bwt.values()),
+            None,
+        ]
+
+    paper_facts = facts(paper)
+    run_facts = facts(run)
+    if len(common) >= 3:
+        tau = _kendall_tau([paper[m]["acc"] for m in common], [run[m]["acc"] for m in common])
+        paper_facts[3], run_facts[3] = True, bool(tau > 0)
+    return pd.DataFrame({"claim": QUALITATIVE_CLAIMS, "paper": paper_facts, "run": run_facts})
+
+
+def comparison_table(run: Mapping[str, Mapping[str, float]], paper_rows: Sequence[Mapping]) -> pd.DataFrame:
+    """Long table for `figures.paper_comparison_bars`: method, source, acc, acc_std, bwt, bwt_std."""
+    rows = []
+    for row in paper_rows:
+        if row.get("label") in run and row.get("acc") is not None:
+            rows.append({"method": row["label"], "source": "paper", "acc": row["acc"], "acc_std": row.get("acc_std"),
+                         "bwt": row.get("bwt"), "bwt_std": row.get("bwt_std")})
+    for label, values in run.items():
+        rows.append({"method": label, "source": "this run", "acc": values["acc"],
+                     "acc_std": values.get("acc_std"), "bwt": values["bwt"], "bwt_std": values.get("bwt_std")})
+    return pd.DataFrame(rows, columns=["method", "source", "acc", "acc_std", "bwt", "bwt_std"]).astype(
+        {"acc_std": float, "bwt_std": float, "bwt": float})
+
+
+def reference_column(backbone: str, n_tasks: int) -> tuple[str, int]:
+    """The paper column a run is compared against: its own for CLIP/T5, ViT-B/32 for the rest."""
+    from .paper import CLIP_COLUMNS, T5_BACKBONES
+
+    if backbone in CLIP_COLUMNS or backbone in T5_BACKBONES:
+        return backbone, n_tasks
+    return "clip-vit-b32", n_tasks if n_tasks in PAPER_GROUPS else 8
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_zip(backbone: Backbone, state: StateDict, card_info: Mapping[str, Any]) -> bytes:
+    """The merged model as a zipped `save_pretrained` folder with its model card (`export.save_merged`)."""
+    from .export import save_merged
+
+    with tempfile.TemporaryDirectory(prefix="nufilt-export-") as tmp:
+        folder = save_merged(backbone, state, Path(tmp) / "merged", card_info)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    archive.write(path, Path("merged") / path.relative_to(folder))
+        return buffer.getvalue()
+
+
+def export_safetensors(state: StateDict, card_info: Mapping[str, Any]) -> bytes:
+    """The merged encoder weights as one safetensors file (metadata: method and order)."""
+    from .io import save_safetensors
+
+    metadata = {"method": str(card_info.get("method", "")), "order": ",".join(card_info.get("order", []))}
+    with tempfile.TemporaryDirectory(prefix="nufilt-export-") as tmp:
+        path = save_safetensors(dict(state), Path(tmp) / "model.safetensors", metadata)
+        return path.read_bytes()
+
+
+def save_to_folder(backbone: Backbone, state: StateDict, folder: str, card_info: Mapping[str, Any]) -> Path:
+    """`export.save_merged` to a folder the user typed (FileExistsError if it is not empty)."""
+    from .export import save_merged
+
+    if not folder.strip():
+        raise ValueError("type a folder to save the merged model to")
+    return save_merged(backbone, state, Path(os.path.expanduser(folder.strip())), card_info)
+
+
+__all__ = [
+    "BACKBONE_CHOICES",
+    "COMMON_OPTIONS",
+    "ORDER_MODES",
+    "BackboneChoice",
+    "MultiRun",
+    "OptionField",
+    "PrepareJob",
+    "RunConfig",
+    "comparison_table",
+    "default_pairs",
+    "ecdf_with_layers",
+    "export_safetensors",
+    "export_zip",
+    "make_config",
+    "open_backbone",
+    "option_fields",
+    "parse_custom_order",
+    "parse_order_indices",
+    "parse_values",
+    "qualitative_checks",
+    "resolve_order",
+    "zoo_preset",
+    "zoo_ready",
+]

@@ -1,0 +1,38 @@
+"""Helpers for the AppTest tests: chart JSON and page health."""
+
+from __future__ import annotations
+
+import json
+
+
+def chart_titles(at) -> list[str]:
+    """Titles of the Plotly charts on the page (from the figure JSON Streamlit sends)."""
+    return [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
+
+
+def chart(at, title_start: str) -> dict:
+    """The figure JSON of the chart whose title starts with `title_start`."""
+    for element in at.get("plotly_chart"):
+        spec = json.loads(element.proto.spec)
+        if spec["layout"]["title"]["text"].startswith(title_start):
+            return spec
+    raise AssertionError(f"no chart titled {title_start!r}; charts: {chart_titles(at)}")
+
+
+def assert_clean(at) -> None:
+    """No uncaught exception and no error message on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def values(data) -> list:
+    """A figure array as a flat list: Plotly's JSON holds NumPy arrays as {"dtype", "bdata", "shape"}."""
+    if isinstance(data, dict) and "bdata" in data:
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).ravel().tolist()
+    if isinstance(data, list):
+        return [cell for item in data for cell in (values(item) if isinstance(item, (list, dict)) else [item])]
+    return [data]

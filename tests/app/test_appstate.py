@@ -1,0 +1,245 @@
+"""The app's Streamlit-free logic: orders, option widgets, run configs, the step-by-step run, exports."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pandas as pd
+import pytest
+from safetensors.torch import load as load_safetensors
+
+from nufilt import appstate
+from nufilt.evaluation import acc_bwt, paper_orders
+
+TASKS = [f"t{i}" for i in range(1, 9)]
+
+
+# ---------------------------------------------------------------- orders
+
+
+def test_orders_paper_random_custom_and_pool():
+    assert appstate.resolve_order(TASKS, "paper", 2) == paper_orders(TASKS, [2])[0]
+    shuffled = appstate.resolve_order(TASKS, "random", seed=3)
+    assert sorted(shuffled) == sorted(TASKS) and shuffled == appstate.resolve_order(TASKS, "random", seed=3)
+    assert shuffled != appstate.resolve_order(TASKS, "random", seed=4)
+    assert appstate.resolve_order(TASKS, "custom", custom="8,7 6 5 -> 4, t3\nt2 → 1") == TASKS[::-1]
+    assert appstate.resolve_order(TASKS[:3], "pool") == TASKS[:3]
+    assert appstate.order_modes(3) == ["random", "custom", "pool"]  # no paper orders for 3 tasks
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "empty"),
+    ("t1, t2, nope", "unknown task"),
+    ("t1, t1, t2, t3, t4, t5, t6, t7", "more than once"),
+    ("t1, t2", "expected 8"),
+    ("9", "out of range"),
+])
+def test_bad_custom_orders_say_why(text, reason):
+    with pytest.raises(ValueError, match=reason):
+        appstate.resolve_order(TASKS, "custom", custom=text)
+
+
+def test_paper_orders_need_a_paper_group():
+    with pytest.raises(ValueError, match="8, 14, 20"):
+        appstate.resolve_order(TASKS[:5], "paper")
+
+
+def test_task_groups_follow_the_pool():
+    assert appstate.task_groups(20) == [8, 14, 20]
+    assert appstate.task_groups(3) == [3]
+
+
+# ---------------------------------------------------------------- options and configs
+
+
+def test_option_fields_come_from_the_dataclass_with_paper_defaults_and_choices():
+    fields = {f.name: f for f in appstate.option_fields("task_arithmetic", 14)}
+    assert fields["scale"].kind == "float" and fields["scale"].value == 0.1  # Table 9 for 14 tasks
+    nufilt = {f.name: f for f in appstate.option_fields("nufilt", 8, {"nufilt": {"r_p": 42}})}
+    assert nufilt["r_p"].value == 42 and nufilt["r_p"].kind == "int"
+    assert nufilt["null_space"].kind == "bool"
+    assert nufilt["other_params"].kind == "choice" and "keep-pretrained" in nufilt["other_params"].choices
+    assert "null-space rank" in nufilt["r_p"].help
+    ablation = {f.name: f for f in appstate.option_fields("null_space_only", 8)}
+    assert ablation["r_l"].value == 0
+    assert appstate.option_fields("weight_average", 8) == []
+
+
+def test_only_changed_options_are_overrides_and_configs_are_hashable():
+    fields = appstate.option_fields("opcm", 8)
+    assert appstate.changed_options(fields, {"alpha": 0.5}) == {}
+    assert appstate.changed_options(fields, {"alpha": 0.7}) == {"alpha": 0.7}
+    config = appstate.make_config("tiny-vit", 3, ["a", "b", "c"], ["opcm", "nufilt"], {"opcm": {"alpha": 0.7}})
+    assert hash(config) == hash(appstate.make_config("tiny-vit", 3, ["a", "b", "c"], ["opcm", "nufilt"],
+                                                     {"opcm": {"alpha": 0.7}}))
+    assert config.options_for("opcm") == {"alpha": 0.7} and config.options_for("nufilt") == {}
+    with pytest.raises(ValueError, match="at least one"):
+        appstate.make_config("tiny-vit", 3, ["a"], [])
+    with pytest.raises(ValueError, match="unknown method"):
+        appstate.make_config("tiny-vit", 3, ["a"], ["nope"])
+
+
+def test_parse_rank_values():
+    assert appstate.parse_values("8, 0 4,4") == [0, 4, 8]
+    assert appstate.parse_values("0-16:8") == [0, 8, 16]
+    for bad in ("", "-1", "a", "8-4:2"):
+        with pytest.raises(ValueError):
+            appstate.parse_values(bad)
+
+
+# ---------------------------------------------------------------- the run on the micro zoo
+
+
+@pytest.fixture
+def backbone(micro_zoo_dir):
+    return appstate.open_backbone("tiny-vit", 3, preset="micro", cache_dir=str(micro_zoo_dir))
+
+
+def make_run(backbone, methods=("nufilt", "task_arithmetic"), **options):
+    order = [t.name for t in backbone.tasks][::-1]
+    config = appstate.make_config("tiny-vit", 3, order, methods, options)
+    return appstate.MultiRun(backbone, order, config.specs(backbone))
+
+
+def test_the_embedded_zoo_is_ready_and_the_job_says_so(backbone):
+    assert appstate.zoo_ready(backbone)
+    job = appstate.PrepareJob(backbone)
+    assert job.state == "ready"
+    job.start()  # nothing to do
+    assert job.wait(5) == "ready"
+
+
+def test_a_failing_preparation_is_reported_not_raised():
+    class Broken:
+        name = "broken"
+
+        def prepare(self):
+            raise OSError("no network")
+
+    job = appstate.PrepareJob(Broken())
+    assert job.state == "idle"
+    job.start()
+    assert job.wait(10) == "failed" and "no network" in job.error
+
+
+def test_multirun_steps_all_methods_and_records_every_table(backbone):
+    run = make_run(backbone)
+    assert run.steps_done == 0 and run.next_task() == run.order[0]
+    messages = []
+    run.step(lambda message, fraction: messages.append(fraction))
+    assert run.steps_done == 1 and messages[-1] == 1.0
+    run.run_to_end()
+    assert run.finished and run.steps_done == 3 and run.next_task() is None
+    accuracy = run.accuracy()
+    assert len(accuracy) == 2 * 6 and set(accuracy["method"]) == {"nufilt", "task_arithmetic"}
+    metrics = run.metrics()
+    for label in run.labels:
+        matrix = run.matrix(label)
+        assert [len(row) for row in matrix] == [1, 2, 3]
+        final = metrics[(metrics["method"] == label) & (metrics["step"] == 3)].iloc[0]
+        assert (final["acc"], final["bwt"]) == pytest.approx(acc_bwt(matrix))
+    layers = run.layers()
+    assert set(layers["step"]) == {1, 2, 3} and layers["removed_energy"].between(0, 1).all()
+    curves = run.loss_curves()
+    assert set(curves["method"]) == {"nufilt"} and set(curves["step"]) == {2, 3}  # no LoRA fit at step 1
+    losses = run.losses()
+    assert losses[losses["step"] == 1]["stability"].isna().all()  # nothing merged before step 1
+    assert (losses[losses["step"] > 1][["stability", "plasticity"]] >= 0).all().all()
+    per_step, summary = run.loss_summary()
+    assert list(summary["method"]) == ["nufilt", "task_arithmetic"]
+    assert run.merged_state("nufilt") is not None
+
+
+def test_old_task_statistics_are_a_running_mean(backbone):
+    """The stability loss at step 3 uses the mean input covariance of tasks 1 and 2 (Eq. 3)."""
+    from nufilt.analysis.activations import activation_statistics
+
+    run = make_run(backbone, methods=("task_arithmetic",))
+    run.run_to_end()
+    old = run._old_covariance(3)[0]
+    stats = [activation_statistics(run.backbone, task, keys=run.keys, n_samples=run.n_samples)
+             for task in run.order[:2]]
+    key = run.keys[0]
+    expected = (stats[0][key].covariance.double() + stats[1][key].covariance.double()) / 2
+    assert old[key].covariance.allclose(expected)
+
+
+def test_reset_and_an_interrupted_step_is_finished_by_the_next(backbone):
+    run = make_run(backbone)
+    run.step()
+    run._advance("nufilt")  # as if a rerun stopped step 2 after the first method
+    assert run.steps_done == 1
+    run.step()  # finishes step 2 for the other method only
+    assert run.steps_done == 2
+    assert list(run.metrics().groupby("method")["step"].max()) == [2, 2]
+    run.reset()
+    assert run.steps_done == 0 and run.accuracy().empty and run.messages == []
+
+
+def test_clamped_ranks_are_reported_once(backbone):
+    run = make_run(backbone, methods=("nufilt",), nufilt={"r_p": 10_000})
+    run.run_to_end()
+    assert any("r_p=10000 exceeds" in message for message in run.messages)
+    assert len(run.messages) == len(set(run.messages))
+
+
+def test_fewer_test_images_per_task_when_scoring(micro_zoo_dir):
+    full = appstate.open_backbone("tiny-vit", 3, preset="micro", cache_dir=str(micro_zoo_dir))
+    fewer = appstate.open_backbone("tiny-vit", 3, preset="micro", cache_dir=str(micro_zoo_dir), max_eval=16)
+    state = full.pretrained_state()
+    names = [t.name for t in full.tasks]
+    scores = fewer.evaluate(state, names)
+    assert all(value * 16 / 100 == pytest.approx(round(value * 16 / 100)) for value in scores.values())
+    assert full.evaluate(state, names) == pytest.approx(full.inner.inner.evaluate(state, names))
+
+
+def test_export_zip_and_safetensors_hold_the_merged_model(backbone, tmp_path):
+    run = make_run(backbone, methods=("task_arithmetic",))
+    run.step()
+    state, card = run.merged_state("task_arithmetic"), run.card_info("task_arithmetic")
+    assert card["order"] == run.order[:1] and set(card["scores"]) == {run.order[0]}
+    archive = zipfile.ZipFile(io.BytesIO(appstate.export_zip(backbone, state, card)))
+    names = archive.namelist()
+    assert "merged/README.md" in names and "merged/nufilt_merge.json" in names
+    assert any(name.endswith(".safetensors") for name in names)
+    tensors = load_safetensors(appstate.export_safetensors(state, card))
+    assert set(tensors) == set(state)
+    saved = appstate.save_to_folder(backbone, state, str(tmp_path / "out"), card)
+    assert (saved / "README.md").is_file()
+    with pytest.raises(FileExistsError):
+        appstate.save_to_folder(backbone, state, str(tmp_path / "out"), card)
+    with pytest.raises(ValueError, match="type a folder"):
+        appstate.save_to_folder(backbone, state, "  ", card)
+
+
+# ---------------------------------------------------------------- geometry and paper adapters
+
+
+def test_ecdf_with_layers_matches_the_library_ecdf():
+    table = pd.DataFrame({
+        "data_task": ["a"] * 3, "vector_task": ["a"] * 3, "layer": ["l0", "l1", "l2"],
+        "block": [0, 0, 1], "kind": ["attention", "mlp", "attention"], "d_in": [16, 64, 16], "r_d": 8, "r_v": 8,
+        "affinity": [0.7, 0.2, 0.5], "baseline": [0.5, 0.125, 0.5],
+    })
+    ecdf = appstate.ecdf_with_layers(table, [("a", "a")])
+    assert list(ecdf["layer"]) == ["l1", "l2", "l0"] and list(ecdf["affinity"]) == [0.2, 0.5, 0.7]
+    assert list(ecdf["baseline"]) == [0.125, 0.5, 0.5] and list(ecdf["ecdf"]) == pytest.approx([1 / 3, 2 / 3, 1])
+    assert list(appstate.ecdf_with_layers(table, [("a", "a")], "attention")["layer"]) == ["l2", "l0"]
+    assert appstate.ecdf_with_layers(table, []).empty
+
+
+def test_qualitative_checks_against_the_paper_rows():
+    from nufilt.paper import paper_reference
+
+    rows = paper_reference(*appstate.reference_column("tiny-vit", 8))
+    run = {"nufilt": {"acc": 70, "bwt": -1}, "opcm": {"acc": 65, "bwt": -3}, "task_arithmetic": {"acc": 60, "bwt": -5}}
+    checks = appstate.qualitative_checks(run, rows).set_index("claim")
+    assert checks["paper"].tolist() == [True, True, True, True]
+    assert checks["run"].tolist() == [True, True, True, True]
+    worse = {**run, "nufilt": {"acc": 50, "bwt": -9}, "opcm": {"acc": 65, "bwt": 2}}
+    assert appstate.qualitative_checks(worse, rows)["run"].tolist() == [False, False, False, False]
+    table = appstate.comparison_table(run, rows)
+    assert set(table["source"]) == {"paper", "this run"} and len(table) == 6
+    assert appstate.reference_column("clip-vit-b16", 14) == ("clip-vit-b16", 14)
+    assert appstate.reference_column("tiny-vit", 3) == ("clip-vit-b32", 8)
