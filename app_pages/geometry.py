@@ -1,0 +1,65 @@
+"""Geometry: subspace affinity between each task's data and each task vector (Eq. 5, Fig. 2)."""
+# ruff: noqa: E402  (the title is drawn before the heavy imports, so a cold start shows the page at once)
+
+import streamlit as st
+
+st.title("Geometry: where task vectors meet task data")
+
+import pandas as pd
+
+from app_pages import ui
+from nufilt import appstate, figures
+from nufilt.analysis import affinity_matrix, backbone_affinity, diagonal_dominance
+from nufilt.analysis.affinity import KINDS
+
+ui.init_state()
+config, backbone, run = ui.require_run()
+st.caption("A(V_d, V̂) = ‖V̂ᵀ V_d‖²_F / r_d: V_d = top-r_d eigenvectors of a layer's input second moment on the "
+           "data task, V̂ = top-r_v right singular vectors of the vector task's τ at that layer. A random "
+           "r_v-dimensional subspace scores r_v / d_in.")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def affinity_table(key: tuple, tasks: tuple[str, ...], r_d: int, r_v: int, n_samples: int, _backbone) -> pd.DataFrame:
+    """The tidy Eq. 5 table (cached per backbone, tasks, ranks and sample count)."""
+    return backbone_affinity(_backbone, list(tasks), r_d=r_d, r_v=r_v, n_samples=n_samples)
+
+
+left, middle, right, last = st.columns(4)
+r_d = left.number_input("r_d (data subspace)", min_value=1, value=8, step=1, key="geometry.r_d")
+r_v = middle.number_input("r_v (task-vector subspace)", min_value=1, value=8, step=1, key="geometry.r_v")
+n_samples = right.number_input("inputs per task", min_value=1, value=256, step=64, key="geometry.n_samples")
+kind = last.radio("layers", KINDS, horizontal=True, key="geometry.kind")
+n_samples = appstate.clamp_samples(backbone, int(n_samples))
+
+try:
+    with st.spinner(f"activation statistics and task-vector bases of {len(run.order)} tasks…"):
+        table = affinity_table(config.backbone_key(), tuple(run.order), int(r_d), int(r_v), n_samples, backbone)
+    matrices = {stat: affinity_matrix(table, stat, kind) for stat in ("mean", "p90")}
+except ValueError as error:
+    st.error(f"Cannot compute the affinity: {error}")
+    st.stop()
+
+baseline = float(table["baseline"].mean())
+long = pd.concat({stat: m.stack() for stat, m in matrices.items()}, names=["stat", "data_task", "vector_task"])
+ui.chart(figures.affinity_heatmaps({f"{stat} over {kind} layers": m for stat, m in matrices.items()}, baseline),
+         long.rename("affinity").reset_index(), "affinity_heatmaps")
+
+dominance = diagonal_dominance(table)
+st.markdown("**Diagonal dominance** (matched data/vector pairs against the rest, per layer kind):")
+st.dataframe(dominance, hide_index=True)
+
+st.subheader("Per-layer ECDF for chosen pairs")
+pairs = [(data, vector) for data in run.order for vector in run.order]
+chosen = st.multiselect("Pairs (data task → vector task)", pairs, default=appstate.default_pairs(run.order),
+                        format_func=lambda pair: f"{pair[0]} → {pair[1]}", key="geometry.pairs")
+try:
+    ecdf = appstate.ecdf_with_layers(table, chosen, kind)
+except ValueError as error:
+    st.error(f"Cannot draw the ECDF: {error}")
+else:
+    ui.chart(figures.affinity_ecdf_figure(ecdf), ecdf, "affinity_ecdf")
+with st.expander("The full affinity table (every pair and layer)"):
+    st.dataframe(table, hide_index=True)
+    st.download_button("⬇ CSV", table.to_csv(index=False), file_name="affinity_table.csv", mime="text/csv",
+                       key="csv.affinity_table", on_click="ignore")

@@ -1,0 +1,71 @@
+"""Merge: step through the task order with every chosen method; accuracy, ACC/BWT and NUFILT's filter live."""
+# ruff: noqa: E402  (the title is drawn before the heavy imports, so a cold start shows the page at once)
+
+import streamlit as st
+
+st.title("Merge step by step")
+
+from app_pages import ui
+from nufilt import appstate, figures
+
+ui.init_state()
+config, backbone, run = ui.require_run()
+ui.merge_controls(run, "merge")
+
+summary = run.summary()
+if run.steps_done:
+    columns = st.columns(len(summary))
+    for column, row in zip(columns, summary.itertuples(), strict=True):
+        column.metric(f"{row.method}: ACC after {row.steps} tasks", f"{row.acc:.1f}%", f"{row.bwt:+.1f} BWT",
+                      help="BWT: mean change of earlier tasks' accuracy since each was merged (forgetting < 0)")
+
+accuracy, metrics = run.accuracy(), run.metrics()
+ui.chart(figures.accuracy_matrices(accuracy, run.order), accuracy, "accuracy_matrix")
+ui.chart(figures.acc_bwt_lines(metrics), metrics, "acc_bwt")
+ui.chart(figures.task_accuracy_lines(accuracy, run.order), accuracy, "task_accuracy")
+
+st.subheader("Inside NUFILT's filter")
+steps = list(range(1, run.steps_done + 1)) or [1]
+# keyed by the step count, so the selection follows each new step
+step = st.select_slider("Step", steps, value=steps[-1], key=f"merge.inspect.{run.steps_done}")
+layers, curves = run.layers(), run.loss_curves()
+left, right = st.columns(2)
+with left:
+    ui.chart(figures.removed_energy_bars(layers, step), layers[layers["step"] == step], "removed_energy")
+with right:
+    ui.chart(figures.lora_loss_curves(curves, step), curves[curves["step"] == step], "lora_loss")
+st.caption("Removed energy: share of ‖τt‖² inside the top-r_p right singular subspace of the merged vector τ̄_{t−1} "
+           "(what the null-space filter takes out; measured for every method against NUFILT's r_p). "
+           "LoRA loss: Eq. 16, per selected layer, during NUFILT's 50 Adam iterations.")
+
+with st.expander("Timings per step"):
+    st.dataframe(metrics, hide_index=True)
+
+# ---------------------------------------------------------------- the merged model
+st.subheader("The merged model")
+if not run.steps_done:
+    st.caption("Merge at least one task to download or save the merged model.")
+else:
+    label = st.selectbox("Method", run.labels, key="merge.export_method")
+    state, card = run.merged_state(label), run.card_info(label)
+    st.caption(f"{label} after {len(card['order'])} of {len(run.order)} tasks.")
+    zip_col, file_col = st.columns(2)
+    zip_col.download_button(
+        "⬇ save_pretrained folder + model card (.zip)", lambda: appstate.export_zip(backbone, state, card),
+        file_name=f"nufilt-{label}-{len(card['order'])}tasks.zip", mime="application/zip", key="merge.zip",
+        on_click="ignore",
+    )
+    file_col.download_button(
+        "⬇ weights only (.safetensors)", lambda: appstate.export_safetensors(state, card),
+        file_name=f"nufilt-{label}-{len(card['order'])}tasks.safetensors", mime="application/octet-stream",
+        key="merge.safetensors", on_click="ignore",
+    )
+    folder_col, button_col = st.columns([3, 1], vertical_alignment="bottom")
+    folder = folder_col.text_input("Or save it to a folder on this machine", key="merge.folder",
+                                   placeholder="/path/to/new/folder")
+    if button_col.button("Save", key="merge.save"):
+        try:
+            path = appstate.save_to_folder(backbone, state, folder, card)
+            st.success(f"Saved to {path}")
+        except (OSError, ValueError) as error:
+            st.error(f"Could not save: {error}")

@@ -1,0 +1,193 @@
+"""Every page of the app through its main path with AppTest, on the micro zoo (3 tasks)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.app.helpers import assert_clean, chart, chart_titles, values
+
+MERGE_CHARTS = ("Accuracy matrix", "ACC and BWT so far", "Per-task accuracy", "Energy removed", "LoRA loss")
+
+
+def open_page(at, name: str):
+    return at.switch_page(f"app_pages/{name}.py").run()
+
+
+def heatmap_cells(at) -> list[float]:
+    """The accuracy-matrix cells that hold a value (NaN and empty cells dropped)."""
+    spec = chart(at, "Accuracy matrix")
+    cells = [cell for trace in spec["data"] for cell in values(trace["z"])]
+    return [cell for cell in cells if cell is not None and cell == cell]
+
+
+# ---------------------------------------------------------------- Setup
+
+
+def test_setup_shows_the_ready_zoo_the_order_and_the_default_methods(app):
+    assert_clean(app)
+    assert app.title[0].value == "Setup"
+    assert any("3 task models ready" in s.value for s in app.success)
+    assert app.session_state["setup.n_tasks"] == 3  # the micro pool has 3 tasks, not the paper's 8
+    assert app.radio(key="setup.order_mode").value == "pool"  # the paper has no 3-task orders
+    assert app.multiselect(key="setup.methods").value == ["nufilt", "opcm"]
+    assert any("Run: 3 tasks" in i.value for i in app.info)
+    assert "CPU" in " ".join(c.value for c in app.caption) or "CUDA" in " ".join(c.value for c in app.caption)
+
+
+def test_a_bad_custom_order_is_an_error_and_the_page_keeps_working(app):
+    app.radio(key="setup.order_mode").set_value("custom").run()
+    app.text_area(key="setup.custom").set_value("ring-count, nonsense").run()
+    assert not app.exception
+    assert any("Bad task order" in e.value and "nonsense" in e.value for e in app.error)
+    app.text_area(key="setup.custom").set_value("3, 1, 2").run()
+    assert_clean(app)
+    assert "`ring-count` → `bar-position` → `blob-quadrant`" in [m.value for m in app.markdown]
+
+
+def test_a_bad_rank_is_an_error_with_the_reason(app):
+    key = next(k for k in app.session_state.keys() if k.startswith("setup.opt.nufilt.r_p."))
+    app.number_input(key=key).set_value(-4).run()
+    assert not app.exception
+    assert any("r_p must be >= 0" in e.value for e in app.error)
+    open_page(app, "merge")  # the other pages say so too, instead of failing
+    assert not app.exception
+    assert any("not valid" in e.value for e in app.error)
+
+
+def test_choices_survive_a_trip_to_another_page(app):
+    app.multiselect(key="setup.methods").set_value(["nufilt", "task_arithmetic"]).run()
+    open_page(app, "merge")
+    open_page(app, "setup")
+    assert app.multiselect(key="setup.methods").value == ["nufilt", "task_arithmetic"]
+
+
+def test_a_hub_backbone_without_access_shows_why(app, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    app.selectbox(key="setup.backbone").set_value("clip-vit-b32").run()
+    assert not app.exception
+    app.button(key="prepare.start").click().run()
+    deadline = time.monotonic() + 60
+    while not app.error and time.monotonic() < deadline:  # the load runs in a background thread
+        time.sleep(0.5)
+        app.run()
+    assert not app.exception
+    assert any("Loading the backbone failed" in e.value and "openai/clip-vit-base-patch32" in e.value
+               for e in app.error), [e.value for e in app.error]
+    open_page(app, "merge")
+    assert not app.exception  # no run without models: the page says where to go instead
+    assert not app.get("plotly_chart")
+
+
+# ---------------------------------------------------------------- Merge
+
+
+def test_merge_page_steps_change_the_accuracy_matrix(app):
+    open_page(app, "merge")
+    assert_clean(app)
+    titles = chart_titles(app)
+    for expected in MERGE_CHARTS:
+        assert any(t.startswith(expected) for t in titles), (expected, titles)
+    assert heatmap_cells(app) == []  # no step yet
+
+    app.button(key="merge.step").click().run()
+    assert_clean(app)
+    after = heatmap_cells(app)
+    assert len(after) == 2 and all(0 <= cell <= 100 for cell in after)  # a_1(θ̄_1) of each method
+    assert any("Step 1 / 3" in m.value for m in app.markdown)
+    assert len(app.metric) == 2  # ACC/BWT of nufilt and opcm
+
+    app.button(key="merge.end").click().run()
+    assert_clean(app)
+    assert any("Step 3 / 3" in m.value for m in app.markdown)
+    assert len(heatmap_cells(app)) == 2 * 6  # the lower triangle of 3x3, per method
+    curves = chart(app, "LoRA loss")
+    assert curves["data"], "NUFILT's LoRA loss curves are drawn at step 3"
+    assert app.button(key="merge.step").disabled
+
+    app.button(key="merge.reset").click().run()
+    assert any("Step 0 / 3" in m.value for m in app.markdown)
+
+
+def test_every_chart_offers_its_data_as_csv(app):
+    open_page(app, "merge")
+    app.button(key="merge.step").click().run()
+    keys = {button.key for button in app.get("download_button")}
+    for name in ("accuracy_matrix", "acc_bwt", "task_accuracy", "removed_energy", "lora_loss"):
+        assert f"csv.{name}" in keys
+    assert {"merge.zip", "merge.safetensors"} <= keys
+
+
+def test_the_merged_model_can_be_saved_to_a_folder(app, tmp_path):
+    open_page(app, "merge")
+    app.button(key="merge.step").click().run()
+    target = tmp_path / "merged"
+    app.text_input(key="merge.folder").set_value(str(target)).run()
+    app.button(key="merge.save").click().run()
+    assert_clean(app)
+    assert any(str(target) in s.value for s in app.success)
+    assert (target / "README.md").is_file() and (target / "nufilt_merge.json").is_file()
+    app.button(key="merge.save").click().run()  # the folder is not empty any more
+    assert any("Could not save" in e.value for e in app.error)
+
+
+# ---------------------------------------------------------------- Geometry, stability, ranks, paper
+
+
+def test_geometry_page_draws_affinity_heatmaps_and_ecdfs(app):
+    open_page(app, "geometry")
+    assert_clean(app)
+    heatmaps = chart(app, "Subspace affinity")
+    assert len(heatmaps["data"]) == 2  # mean and p90
+    ecdf = chart(app, "ECDF")
+    assert any("random subspace" in trace["name"] for trace in ecdf["data"])
+    assert "layer" in ecdf["data"][0]["hovertemplate"]
+    assert app.dataframe  # diagonal dominance
+
+    app.radio(key="geometry.kind").set_value("mlp").run()
+    assert_clean(app)
+    app.number_input(key="geometry.r_d").set_value(9).run()  # r_d > r_v is not allowed (Eq. 5)
+    assert not app.exception
+    assert any("r_d" in e.value for e in app.error)
+
+
+def test_stability_page_shows_both_losses_after_two_steps(app):
+    open_page(app, "stability")
+    assert_clean(app)
+    app.button(key="stability.step").click().run()
+    app.button(key="stability.step").click().run()
+    assert_clean(app)
+    lines = chart(app, "Stability, plasticity")
+    assert {trace["name"] for trace in lines["data"]} == {"nufilt", "opcm"}
+    summary = chart(app, "Mean over steps")
+    assert summary["data"] and len(values(summary["data"][0]["x"])) == 2
+
+
+@pytest.mark.slow
+def test_ranks_page_computes_points_once_and_reuses_them(app):
+    open_page(app, "ranks")
+    assert_clean(app)
+    app.text_input(key="ranks.values.r_p").set_value("0, 4").run()
+    app.button(key="ranks.compute").click().run()
+    assert_clean(app)
+    curve = chart(app, "NUFILT rank sensitivity: r_p")
+    assert values(curve["data"][0]["x"]) == [0, 4]
+    app.text_input(key="ranks.values.r_p").set_value("0, 4, 8").run()
+    assert [b.label for b in app.button if b.key == "ranks.compute"] == ["Compute 1 missing point(s)"]
+    app.text_input(key="ranks.values.r_p").set_value("0, x").run()
+    assert not app.exception
+    assert any("Bad ranks" in e.value for e in app.error)
+
+
+def test_paper_page_compares_the_run_qualitatively_on_the_embedded_zoo(app):
+    open_page(app, "merge")
+    app.button(key="merge.end").click().run()
+    open_page(app, "paper")
+    assert_clean(app)
+    assert any("qualitative" in w.value for w in app.warning)
+    bars = chart(app, "This run beside the paper")
+    assert {trace["name"] for trace in bars["data"]} == {"paper", "this run"}
+    claims = app.dataframe[0].value
+    assert "NUFILT has the highest ACC of the continual methods" in list(claims["claim"])
