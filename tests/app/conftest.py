@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-APP = Path(__file__).resolve().parents[2] / "app.py"
+from tests.app.helpers import APP, forget_session_resources
 
 
 @pytest.fixture
@@ -19,14 +17,3 @@ def app(micro_zoo_dir, monkeypatch):
     forget_session_resources()
     at = AppTest.from_file(str(APP), default_timeout=120)
     return at.run()
-
-
-def forget_session_resources() -> None:
-    """Drop session-scoped cached resources (the step-by-step run) left by the previous test.
-
-    AppTest runs every test under one fixed session id ("test session id"), so unlike browser
-    sessions they would share one run; a real session's resources go when it disconnects.
-    """
-    from streamlit.runtime.caching import cache_resource_api
-
-    cache_resource_api._resource_caches.clear_session("test session id")

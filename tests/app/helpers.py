@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+APP = Path(__file__).resolve().parents[2] / "app.py"
 
 
 def chart_titles(at) -> list[str]:
@@ -36,3 +39,14 @@ def values(data) -> list:
     if isinstance(data, list):
         return [cell for item in data for cell in (values(item) if isinstance(item, (list, dict)) else [item])]
     return [data]
+
+
+def forget_session_resources() -> None:
+    """Drop session-scoped cached resources (the step-by-step run) left by the previous test.
+
+    AppTest runs every test under one fixed session id ("test session id"), so unlike browser
+    sessions they would share one run; a real session's resources go when it disconnects.
+    """
+    from streamlit.runtime.caching import cache_resource_api
+
+    cache_resource_api._resource_caches.clear_session("test session id")

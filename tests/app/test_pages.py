@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.app.helpers import assert_clean, chart, chart_titles, values
+from tests.app.helpers import APP, assert_clean, chart, chart_titles, forget_session_resources, values
 
 MERGE_CHARTS = ("Accuracy matrix", "ACC and BWT so far", "Per-task accuracy", "Energy removed", "LoRA loss")
 
@@ -191,3 +191,30 @@ def test_paper_page_compares_the_run_qualitatively_on_the_embedded_zoo(app):
     assert {trace["name"] for trace in bars["data"]} == {"paper", "this run"}
     claims = app.dataframe[0].value
     assert "NUFILT has the highest ACC of the continual methods" in list(claims["claim"])
+
+
+def test_a_missing_zoo_is_built_in_the_background_with_progress(micro_zoo_dir, tmp_path, monkeypatch):
+    """A fresh cache without one task model: the Setup page starts the build and shows its progress."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from nufilt.zoo.build import finetuned_root
+    from nufilt.zoo.config import resolve_config
+
+    cache = tmp_path / "cache"
+    shutil.copytree(micro_zoo_dir, cache)
+    config = resolve_config("micro")
+    shutil.rmtree(finetuned_root(config, cache) / config.tasks[-1])  # one fine-tuned model to rebuild
+    monkeypatch.setenv("NUFILT_ZOO_PRESET", "micro")
+    monkeypatch.setenv("NUFILT_CACHE_DIR", str(cache))
+    forget_session_resources()
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    assert not at.exception
+    assert at.get("progress"), "the build shows a progress bar"
+    deadline = time.monotonic() + 300
+    while not at.success and time.monotonic() < deadline:
+        time.sleep(1.0)
+        at.run()
+    assert_clean(at)
+    assert any("3 task models ready (built/checked in" in s.value for s in at.success)
