@@ -21,6 +21,9 @@ choice = choices[ui.setting("backbone")]
 left.caption(f"**Needs:** {choice.needs}.")
 if choice.takes_path:
     left.text_input("Folder", key="setup.path", placeholder="/path/to/checkpoints", **KEEP)
+if not choice.offline:
+    left.text_input("Local test sets (optional; default: the Hub)", key="setup.data_dir", placeholder="/data/test-sets",
+                    help="DIR/<task>/test/<label>/*.png for image tasks, DIR/<task>/test.jsonl for GLUE", **KEEP)
 if choice.spec == EMBEDDED:
     left.caption(f"Zoo preset `{appstate.zoo_preset()}` (set `NUFILT_ZOO_PRESET=micro` for a seconds-to-build zoo); "
                  f"cache folder `{ui.cache_dir() or 'cache/'}` (`NUFILT_CACHE_DIR`).")

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "setup.track_losses": True,
     "setup.n_samples": 256,
     "setup.max_eval": 200,
+    "setup.data_dir": "",
 }
 
 
@@ -73,21 +74,24 @@ def max_eval() -> int | None:
 
 
 def backbone_args() -> tuple:
-    """(spec, n_tasks, preset, cache_dir, device, max_eval): the cache key of the backbone."""
-    return (backbone_spec(), int(setting("n_tasks")), appstate.zoo_preset(), cache_dir(), setting("device"), max_eval())
+    """(spec, n_tasks, preset, cache_dir, device, max_eval, data_dir): the cache key of the backbone."""
+    data_dir = None if setting("backbone") == EMBEDDED else setting("data_dir").strip() or None
+    return (backbone_spec(), int(setting("n_tasks")), appstate.zoo_preset(), cache_dir(), setting("device"),
+            max_eval(), data_dir)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def backbone_for(spec: str, n_tasks: int, preset: str, cache: str | None, device: str, max_eval: int | None):
+def backbone_for(spec: str, n_tasks: int, preset: str, cache: str | None, device: str, max_eval: int | None,
+                 data_dir: str | None):
     """The shared backbone (models stay in memory once loaded)."""
-    return appstate.open_backbone(spec, n_tasks, preset, cache, device, max_eval)
+    return appstate.open_backbone(spec, n_tasks, preset, cache, device, max_eval, data_dir)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def prepare_job(spec: str, n_tasks: int, preset: str, cache: str | None, device: str,
-                max_eval: int | None) -> appstate.PrepareJob:
+def prepare_job(spec: str, n_tasks: int, preset: str, cache: str | None, device: str, max_eval: int | None,
+                data_dir: str | None) -> appstate.PrepareJob:
     """One background build/load per backbone, shared by every session."""
-    return appstate.PrepareJob(backbone_for(spec, n_tasks, preset, cache, device, max_eval))
+    return appstate.PrepareJob(backbone_for(spec, n_tasks, preset, cache, device, max_eval, data_dir))
 
 
 def current_backbone():
@@ -146,7 +150,7 @@ def config_from_settings(backbone) -> appstate.RunConfig:
     config = appstate.make_config(
         backbone_spec(), len(order), order, methods, overrides, preset=appstate.zoo_preset(), cache_dir=cache_dir(),
         device=setting("device"), track_losses=bool(setting("track_losses")), n_samples=int(setting("n_samples")),
-        max_eval=max_eval(),
+        max_eval=max_eval(), data_dir=backbone_args()[-1],
     )
     config.specs(backbone)  # validates every option
     return config

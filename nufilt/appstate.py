@@ -65,16 +65,18 @@ BACKBONE_CHOICES: tuple[BackboneChoice, ...] = (
                    "first time (a few minutes on 2 CPU cores) and cached", offline=True),
     BackboneChoice("clip-vit-b32", "CLIP ViT-B/32 (Hugging Face Hub)",
                    "Hub access (or the local HF cache) for openai/clip-vit-base-patch32, the 20 fine-tuned "
-                   "tanganke/clip-vit-base-patch32_<task> models and the test sets (~4 GB)"),
+                   "tanganke/clip-vit-base-patch32_<task> models, and the test sets through `pip install datasets` "
+                   "(or a local data folder)"),
     BackboneChoice("clip-vit-b16", "CLIP ViT-B/16 (Hugging Face Hub)",
                    "Hub access (or the local HF cache) for openai/clip-vit-base-patch16 and "
-                   "tanganke/clip-vit-base-patch16_<task> models and the test sets"),
+                   "tanganke/clip-vit-base-patch16_<task> models, and the test sets (`pip install datasets`)"),
     BackboneChoice("clip-vit-l14", "CLIP ViT-L/14 (Hugging Face Hub)",
                    "Hub access (or the local HF cache) for openai/clip-vit-large-patch14 and "
-                   "tanganke/clip-vit-large-patch14_<task> models (~1.2 GB each) and the test sets"),
+                   "tanganke/clip-vit-large-patch14_<task> models (~1.2 GB each), and the test sets "
+                   "(`pip install datasets`)"),
     BackboneChoice("flan-t5-base", "Flan-T5-base, 8 GLUE tasks (Hugging Face Hub)",
-                   "Hub access (or the local HF cache) for google/flan-t5-base, the fine-tuned GLUE models "
-                   "and the GLUE validation sets"),
+                   "Hub access (or the local HF cache) for google/flan-t5-base, the tanganke/flan-t5-base_glue-<task> "
+                   "models, and the GLUE validation sets (`pip install datasets`)"),
     BackboneChoice("openclip:", "open_clip checkpoint folder",
                    "a local folder with the pre-trained open_clip checkpoint and one checkpoint per task "
                    "(see README, 'Real backbones'); test sets from the Hub or a data folder"),
@@ -175,11 +177,12 @@ EVAL_BATCH = 512  # images per forward pass: faster than larger batches on small
 
 
 def open_backbone(spec: str, n_tasks: int, preset: str = "default", cache_dir: str | None = None,
-                  device: str = "auto", max_eval: int | None = None) -> CachedBackbone:
+                  device: str = "auto", max_eval: int | None = None, data_dir: str | None = None) -> CachedBackbone:
     """The backbone for the app: models kept in memory once loaded, evaluation serialised.
 
     Construction is cheap (nothing is built or downloaded); `PrepareJob` does the slow part.
-    `max_eval`: test inputs per task when scoring (None: all).
+    `max_eval`: test inputs per task when scoring (None: all); `data_dir`: local test sets of a
+    hub or folder backbone (README, 'Real backbones').
     """
     backbone_choice(spec)
     if spec == EMBEDDED:
@@ -191,6 +194,8 @@ def open_backbone(spec: str, n_tasks: int, preset: str = "default", cache_dir: s
             kwargs["cache_dir"] = cache_dir
         if max_eval:
             kwargs["max_samples"] = max_eval
+        if data_dir:
+            kwargs["data_dir"] = os.path.expanduser(data_dir)
         inner = get_backbone(spec, **kwargs)
     return CachedBackbone(AppBackbone(inner, max_eval))
 
@@ -442,12 +447,13 @@ class RunConfig:
     track_losses: bool = True
     n_samples: int = 256  # inputs per task for the stability/plasticity statistics
     max_eval: int | None = 200  # test inputs per task when scoring (None: all; see `AppBackbone`)
+    data_dir: str | None = None  # local test sets of a hub/folder backbone
 
     def options_for(self, label: str) -> dict[str, Any]:
         return dict(dict(self.overrides).get(label, ()))
 
     def backbone_key(self) -> tuple:
-        return (self.backbone, self.n_tasks, self.preset, self.cache_dir, self.device, self.max_eval)
+        return (self.backbone, self.n_tasks, self.preset, self.cache_dir, self.device, self.max_eval, self.data_dir)
 
     def specs(self, backbone: Backbone) -> list[MethodSpec]:
         """Method specs (validated: ValueError/TypeError with the reason)."""
