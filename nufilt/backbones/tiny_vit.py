@@ -35,11 +35,11 @@ from .base import Backbone, StateDict, TaskInfo
 def recommended_options(width: int) -> dict[str, dict]:
     """Zoo-scaled method options, merged over `paper_options` by the CLI and the app.
 
-    NUFILT's paper ranks (r_p=128, r_l=64) are sized for d_in=768; at the zoo's width they would
-    filter everything (r_p = d_in makes P = 0). They are scaled to the same share of d_in:
-    r_p = width/3 and r_l = width/6 of the attention/fc1 input width.
+    NUFILT's paper ranks (r_p=128, r_l=64) are sized for ViT-B's d_in=768; at the zoo's width
+    they would filter most of the input space (r_p = d_in makes P = 0). They are scaled to the
+    same share of d_in (1/6 and 1/12): r_p = width/6, r_l = width/12; r_v stays 8.
     """
-    return {"nufilt": {"r_p": max(1, width // 3), "r_l": max(1, width // 6), "r_v": 8}}
+    return {"nufilt": {"r_p": max(1, width // 6), "r_l": max(1, width // 12), "r_v": 8}}
 
 
 @contextmanager

@@ -185,7 +185,7 @@ def _shapes(rng, n, split):
     images = np.empty((n, SIZE, SIZE), dtype=np.float32)
     for i, label in enumerate(labels):
         cy, cx = rng.uniform(5.5, 10.5, size=2)
-        r = rng.uniform(3.0, 5.0)
+        r = rng.uniform(3.5, 5.0)
         turn = _rotation(rng.uniform(0, 2 * np.pi))
         if label == 0:  # disk
             shape = _disk(cy, cx, r * 0.85)
@@ -204,8 +204,8 @@ def _shapes(rng, n, split):
             )
         else:  # ring
             shape = _ring(cy, cx, r * 0.8, 1.3)
-        background = rng.uniform(0.0, 0.3)
-        images[i] = background + (rng.uniform(0.6, 1.0) - background) * shape
+        background = rng.uniform(0.0, 0.2)
+        images[i] = background + (rng.uniform(0.7, 1.0) - background) * shape
     return images, labels
 
 
@@ -235,9 +235,9 @@ def _dot_count(rng, n, split):
     images = np.empty((n, SIZE, SIZE), dtype=np.float32)
     for i, label in enumerate(labels):
         image = np.zeros((SIZE, SIZE), dtype=np.float32)
-        for cy, cx in _place_points(rng, int(label) + 1, 2.0, 3.6):
-            image = np.maximum(image, _disk(cy, cx, rng.uniform(0.8, 1.4)))
-        images[i] = image * rng.uniform(0.6, 1.0)
+        for cy, cx in _place_points(rng, int(label) + 1, 2.0, 4.0):
+            image = np.maximum(image, _disk(cy, cx, rng.uniform(1.0, 1.4)))
+        images[i] = image * rng.uniform(0.8, 1.0)
     return images, labels
 
 
@@ -257,12 +257,12 @@ def _line_length(rng, n, split):
     labels = _balanced_labels(rng, n, 4)
     images = np.empty((n, SIZE, SIZE), dtype=np.float32)
     for i, label in enumerate(labels):
-        length = 3.0 + 3.0 * label + rng.uniform(-0.8, 0.8)
+        length = 2.5 + 3.5 * label + rng.uniform(-0.5, 0.5)
         angle = rng.uniform(0, np.pi)
         dy, dx = np.sin(angle) * length / 2, np.cos(angle) * length / 2
         margin_y, margin_x = abs(dy) + 1, abs(dx) + 1
         cy, cx = rng.uniform(margin_y, SIZE - margin_y), rng.uniform(margin_x, SIZE - margin_x)
-        images[i] = _segment(cy - dy, cx - dx, cy + dy, cx + dx, 1.2) * rng.uniform(0.6, 1.0)
+        images[i] = _segment(cy - dy, cx - dx, cy + dy, cx + dx, 1.4) * rng.uniform(0.8, 1.0)
     return images, labels
 
 
@@ -521,7 +521,7 @@ TASKS: list[TaskSpec] = [
     TaskSpec("stripes", _degrees(8, 22.5), _stripes, 0.3, "grating orientation"),
     TaskSpec("dot-count", _names(*range(1, 7)), _dot_count, 0.12, "number of dots"),
     TaskSpec("texture-frequency", _names(*(f"band{k}" for k in range(6))), _texture_frequency, 0.15, "frequency band"),
-    TaskSpec("line-length", ("3px", "6px", "9px", "12px"), _line_length, 0.15, "length of one line"),
+    TaskSpec("line-length", ("2.5px", "6px", "9.5px", "13px"), _line_length, 0.15, "length of one line"),
     TaskSpec("checker-size", ("1px", "2px", "3px", "4px"), _checker_size, 0.25, "checkerboard cell size"),
     TaskSpec("symmetry", ("asymmetric", "mirror-symmetric"), _symmetry, 0.15, "left-right mirror symmetry"),
     TaskSpec("digits-inverted", _names(*range(10)), _digits_inverted, 0.15, "digits, inverted contrast"),
