@@ -102,8 +102,8 @@ st.caption("Defaults: the paper's Table 9 for this task count; on the embedded z
 
 with st.expander("Evaluation and analysis"):
     st.number_input("Test images per task when scoring a step (0 = all)", min_value=0, step=50, key="setup.max_eval",
-                    help="A step scores every task seen so far; fewer images make steps faster. The embedded zoo "
-                         "has 500 per task; the CLI always uses all.", **KEEP)
+                    help="A step scores every task seen so far; fewer images make steps faster. 0 scores all of "
+                         "them, as the CLI does.", **KEEP)
     st.checkbox("Track stability and plasticity (needs each task's input statistics)", key="setup.track_losses",
                 **KEEP)
     st.number_input("Inputs per task for the statistics", min_value=1, step=64, key="setup.n_samples", **KEEP)

@@ -14,9 +14,12 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+import torch
 
 from nufilt import appstate
 from nufilt.backbones import EMBEDDED
+
+torch.set_num_threads(appstate.app_threads())  # once per process, when the first page imports this module
 
 SETUP_PREFIX = "setup."
 DEFAULTS: dict[str, Any] = {
@@ -232,7 +235,8 @@ def merge_controls(run: appstate.MultiRun, prefix: str) -> None:
     info.markdown(
         f"**Step {run.steps_done} / {len(run.order)}** · "
         + (f"next task: `{upcoming}`" if upcoming else "all tasks merged")
-        + (f" · last step took {run.last_step_seconds:.2f} s" if run.steps_done else "")
+        + (f" · last step took {run.last_step_seconds:.2f} s ({run.last_step_cpu_seconds:.2f} s CPU)"
+           if run.last_step_seconds else "")
     )
     for message in run.messages:
         st.warning(message)

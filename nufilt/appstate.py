@@ -40,6 +40,7 @@ from .methods import ABLATIONS, COMMON_OPTIONS, METHODS, get_method
 
 ProgressFn = Callable[[str, float], None]
 ENV_PRESET = "NUFILT_ZOO_PRESET"  # tiny-vit zoo preset for the app ("default"; tests use "micro")
+ENV_THREADS = "NUFILT_THREADS"  # torch threads of the app process (default 1, see `app_threads`)
 PAPER_GROUPS = (8, 14, 20)
 
 # ---------------------------------------------------------------- backbones
@@ -231,13 +232,30 @@ def zoo_ready(backbone: Backbone) -> bool:
     return all(check_integrity(folder, deep=False) is None for folder in folders)
 
 
+def app_threads() -> int:
+    """Torch CPU threads for the app: `$NUFILT_THREADS`, default 1.
+
+    The app runs several things at once (sessions, the background build), and the zoo's small
+    matrices gain little from a second thread while two busy threads per operation on a busy
+    2-core machine slow SVDs and merges by 10x and more; one thread keeps steps predictable.
+    """
+    value = os.environ.get(ENV_THREADS, "").strip()
+    if not value:
+        return 1
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{ENV_THREADS} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def device_summary(device: str = "auto") -> str:
     """One line: the merge device, and what the machine has."""
     resolved = resolve_device(device)
     if torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(0)
         return f"{resolved.type.upper()} (CUDA available: {gpu}); torch {torch.__version__}"
-    return f"{resolved.type.upper()} (no CUDA GPU), {torch.get_num_threads()} torch threads; torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return (f"{resolved.type.upper()} (no CUDA GPU), {threads} torch thread{'s' if threads > 1 else ''} "
+            f"(`{ENV_THREADS}`); torch {torch.__version__}")
 
 
 # ---------------------------------------------------------------- building / loading in the background
@@ -546,7 +564,7 @@ class MultiRun:
             self._rows: dict[str, list[dict]] = {name: [] for name in _TABLES}
             self._covariance_sums: dict[int, dict[str, torch.Tensor]] = {}
             self.messages: list[str] = []
-            self.last_step_seconds = 0.0
+            self.last_step_seconds = self.last_step_cpu_seconds = 0.0
 
     @property
     def labels(self) -> list[str]:
@@ -576,7 +594,7 @@ class MultiRun:
         with self._lock:
             if self.finished:
                 return self.steps_done
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             target = self.steps_done + 1
             behind = [label for label, state in self._methods.items() if state.steps < target]
             for i, label in enumerate(behind):
@@ -585,6 +603,7 @@ class MultiRun:
                              i / len(behind))
                 self._advance(label)
             self.last_step_seconds = time.perf_counter() - start
+            self.last_step_cpu_seconds = time.thread_time() - cpu_start  # = wall time on an idle core (1 thread)
             if progress:
                 progress(f"step {target} done", 1.0)
             return self.steps_done

@@ -172,7 +172,11 @@ def removed_energy_bars(layers: pd.DataFrame, step: int) -> go.Figure:
 
 
 def lora_loss_curves(curves: pd.DataFrame, step: int) -> go.Figure:
-    """NUFILT's LoRA objective (Eq. 16) over Adam iterations at one step, one line per layer."""
+    """NUFILT's LoRA objective (Eq. 16) over Adam iterations at one step: a line per layer.
+
+    The layers of a method share one trace (lines separated by gaps), which keeps the figure
+    light for models with many layers; hover names the layer.
+    """
     title = f"LoRA loss (Eq. 16) during step {step}"
     _require(curves, ["method", "step", "layer", "iteration", "loss"], "lora_loss_curves")
     rows = curves[curves["step"] == step]
@@ -181,17 +185,20 @@ def lora_loss_curves(curves: pd.DataFrame, step: int) -> go.Figure:
     methods = _methods(rows)
     fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True)
     for col, method in enumerate(methods, start=1):
-        mine = rows[rows["method"] == method]
-        for layer in dict.fromkeys(mine["layer"]):
-            line = mine[mine["layer"] == layer]
-            fig.add_trace(
-                go.Scatter(
-                    x=line["iteration"], y=line["loss"], mode="lines", name=layer, showlegend=False,
-                    line={"width": 1.2},
-                    hovertemplate=f"{method}<br>layer {layer}<br>iteration %{{x}}: %{{y:.4g}}<extra></extra>",
-                ),
-                row=1, col=col,
-            )
+        x, y, layer = [], [], []
+        for name, line in rows[rows["method"] == method].groupby("layer", sort=False):
+            x += [*line["iteration"], None]
+            y += [*line["loss"], None]
+            layer += [name] * len(line) + [None]
+        fig.add_trace(
+            go.Scatter(
+                x=x, y=y, mode="lines", name=method, showlegend=False, line={"width": 1.2,
+                                                                           "color": method_color(method)},
+                customdata=layer, connectgaps=False,
+                hovertemplate=f"{method}<br>layer %{{customdata}}<br>iteration %{{x}}: %{{y:.4g}}<extra></extra>",
+            ),
+            row=1, col=col,
+        )
         fig.update_xaxes(title_text="Adam iteration", row=1, col=col)
     positive = bool((rows["loss"] > 0).all())
     fig.update_yaxes(title_text="loss", type="log" if positive else "linear", row=1, col=1)

@@ -54,7 +54,9 @@ def test_removed_energy_and_lora_loss_show_only_the_chosen_step():
     curves = pd.DataFrame({"method": "nufilt", "step": 2, "layer": ["l0"] * 3 + ["l1"] * 3,
                            "iteration": [0, 1, 2] * 2, "loss": [3.0, 2.0, 1.0, 5.0, 4.0, 3.5]})
     fig = figures.lora_loss_curves(curves, 2)
-    assert len(fig.data) == 2 and fig.layout.yaxis.type == "log"
+    assert len(fig.data) == 1 and fig.layout.yaxis.type == "log"  # the layers of a method share a trace
+    assert list(fig.data[0].y) == [3.0, 2.0, 1.0, None, 5.0, 4.0, 3.5, None]
+    assert list(fig.data[0].customdata) == ["l0"] * 3 + [None] + ["l1"] * 3 + [None]
     empty = figures.lora_loss_curves(curves, 1)
     assert not empty.data and "no LoRA fit" in empty.layout.annotations[0].text
 
