@@ -5,11 +5,12 @@ import streamlit as st
 
 st.title("Setup")
 
-from app_pages import ui
-from nufilt import appstate
-from nufilt.backbones import EMBEDDED
+with st.spinner("Loading torch and the merge library (a few seconds, on the first visit only)…"):
+    from app_pages import ui
+    from nufilt import appstate
+    from nufilt.backbones import EMBEDDED
 
-ui.init_state()
+    ui.init_state()
 st.caption("Choose what to merge and how. Everything here is remembered while you use the other pages.")
 KEEP = {"persist_state": "session"}  # Setup values survive page switches
 

@@ -63,7 +63,8 @@ class BackboneChoice:
 BACKBONE_CHOICES: tuple[BackboneChoice, ...] = (
     BackboneChoice(EMBEDDED, "tiny-vit (embedded, offline)",
                    "nothing: a tiny CLIP-style ViT zoo on generated 16x16 tasks, built on this machine the "
-                   "first time (a few minutes on 2 CPU cores) and cached", offline=True),
+                   "first time (tens of minutes on 2 busy CPU cores, mostly pre-training; progress shown) and "
+                   "cached", offline=True),
     BackboneChoice("clip-vit-b32", "CLIP ViT-B/32 (Hugging Face Hub)",
                    "Hub access (or the local HF cache) for openai/clip-vit-base-patch32, the 20 fine-tuned "
                    "tanganke/clip-vit-base-patch32_<task> models, and the test sets through `pip install datasets` "
