@@ -21,7 +21,7 @@ def micro_args(cache_dir, *extra):
     return ["run", "--preset", "micro", "--tasks", "3", "--cache-dir", str(cache_dir), "--quiet", *extra]
 
 
-def test_run_writes_the_documented_json_schema(micro_zoo_dir, tmp_path, capsys):
+def test_run_writes_the_documented_json_schema(micro_zoo, micro_zoo_dir, tmp_path, capsys):
     out_path = tmp_path / "results.json"
     code, out, err = run_cli(
         capsys,
@@ -44,6 +44,8 @@ def test_run_writes_the_documented_json_schema(micro_zoo_dir, tmp_path, capsys):
         assert [len(row) for row in run["accuracy_matrix"]] == [1, 2, 3]
         assert all(0 <= a <= 100 for row in run["accuracy_matrix"] for a in row)
     assert [run["options"]["steps"] for run in result["runs"] if run["method"] != "weight_average"] == [5] * 4
+    recommended = micro_zoo.recommended_options["nufilt"]  # zoo-scaled ranks, not the paper's 128/64
+    assert {run["options"]["r_p"] for run in result["runs"] if run["method"] == "nufilt"} == {recommended["r_p"]}
     assert {run["options"]["r_l"] for run in result["runs"] if run["method"] == "naive"} == {0}
     assert set(result["summary"]) == {"weight_average", "nufilt", "naive"}
     for summary in result["summary"].values():
