@@ -34,9 +34,9 @@ with left:
     ui.chart(figures.removed_energy_bars(layers, step), layers[layers["step"] == step], "removed_energy")
 with right:
     ui.chart(figures.lora_loss_curves(curves, step), curves[curves["step"] == step], "lora_loss")
-st.caption("Removed energy: share of ‖τt‖² inside the top-r_p right singular subspace of the merged vector τ̄_{t−1} "
-           "(what the null-space filter takes out; measured for every method against NUFILT's r_p). "
-           "LoRA loss: Eq. 16, per selected layer, during NUFILT's 50 Adam iterations.")
+st.caption("Removed energy: share of ‖τt‖² inside the top-r_p right singular subspace of the merged vector τ̄_{t−1}, "
+           "what the null-space filter takes out of the new task vector (Eq. 7-8). LoRA loss: Eq. 16 per selected "
+           "layer during NUFILT's Adam iterations. Both for NUFILT and its ablations.")
 
 with st.expander("Timings per step"):
     st.dataframe(metrics, hide_index=True)

@@ -98,8 +98,10 @@ for label in ui.setting("methods"):
             for item in fields:
                 st.session_state.pop(ui.option_key(label, item.name, context), None)
             st.rerun()
-st.caption("Defaults: the paper's Table 9 for this task count; on the embedded zoo NUFILT's r_p and r_l are "
-           "scaled to the layer width (r_p = d_in/3, r_l = d_in/6), as the paper's 128/64 would filter everything.")
+scaled = recommended.get("nufilt", {})
+st.caption("Defaults: the paper's Table 9 for this task count"
+           + (f"; this backbone scales NUFILT's ranks to its layer width (r_p = {scaled.get('r_p')}, "
+              f"r_l = {scaled.get('r_l')}; the paper's 128/64 are for d_in = 768)." if scaled else "."))
 
 with st.expander("Evaluation and analysis"):
     st.number_input("Test images per task when scoring a step (0 = all)", min_value=0, step=50, key="setup.max_eval",

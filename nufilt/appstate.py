@@ -29,9 +29,9 @@ import torch
 
 from .analysis.activations import activation_statistics, selected_layers
 from .analysis.affinity import affinity_ecdf
-from .analysis.runs import CachedBackbone, StepRecord
+from .analysis.layers import layer_info
+from .analysis.runs import CachedBackbone
 from .analysis.stability import LOSS_COLUMNS, step_losses, summarize_losses
-from .analysis.trace import LAYER_COLUMNS, step_trace
 from .backbones import EMBEDDED, get_backbone
 from .backbones.base import Backbone, StateDict, TaskInfo
 from .evaluation import MethodSpec, acc_bwt, check_order, method_spec, paper_orders, parse_order_indices
@@ -518,6 +518,7 @@ class _MethodState:
 
 
 _TABLES = ("accuracy", "metrics", "layers", "curves", "losses")
+LAYER_TABLE = ["method", "step", "task", "layer", "block", "kind", "removed_energy", "r_p", "r_l", "r_v"]
 
 
 @dataclass(frozen=True)
@@ -529,9 +530,10 @@ class MultiRun:
     """Several methods merging the same task order one step at a time, with everything the pages plot.
 
     Holds per method a merger (θ0, θ̄_{t−1} and O(1) statistics) and small tables: the accuracy
-    matrix, ACC/BWT so far, the per-layer trace (removed energy, norms, NUFILT ranks), NUFILT's
-    LoRA loss curves and, when `track_losses`, stability/plasticity losses (from input statistics
-    of each task's own data, computed when the task is merged and cached on disk).
+    matrix, ACC/BWT so far, NUFILT's filter per layer (removed energy, clamped ranks) and LoRA
+    loss curves (both from its merge report) and, when `track_losses`, stability/plasticity
+    losses (from input statistics of each task's own data, computed when the task is merged and
+    cached on disk).
     A step is committed per method only when it is complete, so an interrupted step (a Streamlit
     rerun) is finished by the next `step()`; methods are never more than one step apart.
     """
@@ -548,9 +550,6 @@ class MultiRun:
         self._lock = threading.RLock()
         self.pretrained = self.backbone.pretrained_state()
         self.keys = selected_layers(self.pretrained)
-        nufilt_specs = [s for s in specs if s.method == "nufilt"]
-        self.trace_r_p = int(nufilt_specs[0].options.get("r_p", 128)) if nufilt_specs else int(
-            method_spec("nufilt", len(self.order), getattr(self.backbone, "recommended_options", {})).options["r_p"])
         self.reset()
 
     # -- state
@@ -638,20 +637,23 @@ class MultiRun:
         eval_seconds = time.perf_counter() - start
         row = [scores[name] for name in self.order[:step]]
         start = time.perf_counter()
-        record = StepRecord(step, task, self.pretrained, previous, merged, task_state, report, state.spec)
-        trace = step_trace(record, self.keys, self.trace_r_p, top_k=1)
         losses = self._losses(step, previous, merged, task_state)
         analysis_seconds = time.perf_counter() - start
         # commit (nothing above changed this run's tables)
         tag = {"method": label, "step": step, "task": task}
+        # NUFILT reports its filter per layer at no extra cost (`analysis.trace.step_trace` recomputes it
+        # for any method, with full spectra: over a second per step on the width-256 zoo)
+        filtered = report.info.get("layers", {}) if state.spec.method == "nufilt" else {}
         acc, bwt = acc_bwt([*state.matrix, row])
         self._rows["accuracy"].extend({**tag, "task": name, "accuracy": value}
                                       for name, value in zip(self.order[:step], row, strict=True))
         self._rows["metrics"].append({**tag, "acc": acc, "bwt": bwt, "merge_seconds": report.seconds,
                                       "eval_seconds": eval_seconds, "analysis_seconds": analysis_seconds,
                                       "task_norm": report.task_norm, "merged_norm": report.merged_norm})
-        self._rows["layers"].extend(trace["layers"])
-        self._rows["curves"].extend(trace["loss_curves"])
+        self._rows["layers"].extend({**tag, **layer_info(key), "removed_energy": facts["removed_energy"],
+                                     **facts["ranks"]} for key, facts in filtered.items())
+        self._rows["curves"].extend({**tag, "layer": key, "iteration": i, "loss": value}
+                                    for key, facts in filtered.items() for i, value in enumerate(facts["loss_curve"]))
         self._rows["losses"].extend({**tag, **loss} for loss in losses)
         state.matrix.append(row)
         state.merged = merged
@@ -711,8 +713,9 @@ class MultiRun:
         return pd.DataFrame(self._rows["metrics"], columns=columns)
 
     def layers(self) -> pd.DataFrame:
-        """The merge trace per step and layer (`analysis.trace.LAYER_COLUMNS`)."""
-        return pd.DataFrame(self._rows["layers"], columns=list(LAYER_COLUMNS))
+        """NUFILT's filter per step and layer: method, step, task, layer, block, kind, removed_energy
+        (share of ‖τt‖² in the top-r_p right singular subspace of τ̄_{t−1}), r_p, r_l, r_v (as clamped)."""
+        return pd.DataFrame(self._rows["layers"], columns=LAYER_TABLE)
 
     def loss_curves(self) -> pd.DataFrame:
         """NUFILT's LoRA loss per Adam iteration: method, step, task, layer, iteration, loss."""

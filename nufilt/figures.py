@@ -146,13 +146,13 @@ def removed_energy_bars(layers: pd.DataFrame, step: int) -> go.Figure:
     """Per layer at one step: the share of ‖τt‖² inside the top-r_p subspace of τ̄_{t−1}.
 
     That is what NUFILT's null-space filter removes from the new task vector. `layers`: method,
-    step, layer, kind, removed_energy (the merge trace's layer table).
+    step, layer, removed_energy (one row per filtered layer).
     """
     title = f"Energy removed by the null-space filter at step {step}"
     _require(layers, ["method", "step", "layer", "removed_energy"], "removed_energy_bars")
     rows = layers[layers["step"] == step]
     if rows.empty:
-        return _empty(title, f"no layer data for step {step}")
+        return _empty(title, f"nothing filtered at step {step} (step 1 merges τ1 as it is, or no NUFILT method)")
     fig = go.Figure()
     for method in _methods(rows):
         mine = rows[rows["method"] == method]

@@ -139,8 +139,10 @@ def test_multirun_steps_all_methods_and_records_every_table(backbone):
         assert [len(row) for row in matrix] == [1, 2, 3]
         final = metrics[(metrics["method"] == label) & (metrics["step"] == 3)].iloc[0]
         assert (final["acc"], final["bwt"]) == pytest.approx(acc_bwt(matrix))
-    layers = run.layers()
-    assert set(layers["step"]) == {1, 2, 3} and layers["removed_energy"].between(0, 1).all()
+    layers = run.layers()  # NUFILT's filter, from its report: nothing is filtered at step 1 (θ̄1 = θ1)
+    assert set(layers["method"]) == {"nufilt"} and set(layers["step"]) == {2, 3}
+    assert layers["removed_energy"].between(0, 1).all() and set(layers["layer"]) == set(run.keys)
+    assert (layers["r_p"] == run.specs["nufilt"].options["r_p"]).all()
     curves = run.loss_curves()
     assert set(curves["method"]) == {"nufilt"} and set(curves["step"]) == {2, 3}  # no LoRA fit at step 1
     losses = run.losses()
