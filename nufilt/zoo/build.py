@@ -30,7 +30,14 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from ..cache import atomic_save_tensors, atomic_write_json, config_hash, default_cache_dir, ensure_entry
+from ..cache import (
+    atomic_save_tensors,
+    atomic_write_json,
+    check_integrity,
+    config_hash,
+    default_cache_dir,
+    ensure_entry,
+)
 from .config import ZooConfig
 from .tasks import make_split, stable_seed, task_spec
 
@@ -384,9 +391,11 @@ def build_zoo(
 
         folders[task] = ensure_task(config, task, cache_dir, data, report)
     progress("zoo ready", 1.0)
-    manifest = _manifest(config, cache_dir, heads, folders)
-    atomic_write_json(finetuned_root(config, cache_dir) / "manifest.json", manifest)
-    return manifest
+    # the file lists every task built so far (a later, smaller build must not hide the others)
+    root = finetuned_root(config, cache_dir)
+    built = {t: root / t for t in config.tasks if check_integrity(root / t, deep=False) is None}
+    atomic_write_json(root / "manifest.json", _manifest(config, cache_dir, heads, built))
+    return _manifest(config, cache_dir, heads, folders)
 
 
 def _manifest(config: ZooConfig, cache_dir: str | Path | None, heads: Path, folders: Mapping[str, Path]) -> dict:

@@ -35,7 +35,7 @@ class ZooConfig:
     # evaluation tasks and their frozen heads (the analog of CLIP's zero-shot text heads)
     tasks: tuple[str, ...] = tuple(spec.name for spec in TASKS)  # the pool, in zoo numbering
     n_train: int = 2000  # generated training images per task
-    n_test: int = 400  # test images per task
+    n_test: int = 250  # test images per task (evaluation cost is linear in it)
     head_kind: str = "prototype"  # "prototype": class means; "logistic": a regularised probe
     head_shots: int = 4  # labelled examples per class the head is fitted on
     head_scale: float = 15.0  # logit scale on L2-normalised features (CLIP: 100; see README)

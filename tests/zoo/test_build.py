@@ -139,3 +139,12 @@ def test_activation_batches_feed_the_encoder(micro_zoo):
     with torch.no_grad():
         out = encoder(**batches[0])
     assert out.pooler_output.shape == (10, MICRO.width)
+
+
+def test_manifest_file_lists_every_built_task(micro_zoo_dir, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(micro_zoo_dir, cache)
+    returned = build.build_zoo(MICRO, ["ring-count"], cache)
+    assert [t["name"] for t in returned["tasks"]] == ["ring-count"]
+    on_disk = json.loads((finetuned_root(MICRO, cache) / "manifest.json").read_text())
+    assert [t["name"] for t in on_disk["tasks"]] == list(MICRO.tasks)
