@@ -91,6 +91,23 @@ def click_button(driver, text: str) -> None:
     buttons[0].click()
 
 
+def test_a_deep_link_to_a_fresh_server_gets_the_apps_navigation(browser, app_url):
+    """Runs first, on the just-started server: Streamlit would serve `pages/merge.py` alone (legacy
+    multipage mode) to a first visitor of `/merge`; `pages/nav.py` routes the visit through `app.py`."""
+    browser.get(f"{app_url}/merge")
+    start = time.perf_counter()
+    links: list[str] = []
+    while time.perf_counter() - start < 60:
+        links = [a.text.strip() for a in _by_css(browser, '[data-testid="stSidebarNavLink"]')]
+        if any(link.endswith("Setup") for link in links):
+            break
+        time.sleep(0.2)
+    wait_idle(browser)
+    assert any(link.endswith("Compare with the paper") for link in links), links
+    assert not any(link in ("ui", "nav", "app") for link in links), f"legacy page list shown: {links}"
+    assert_healthy(browser, "deep link")
+
+
 def test_every_page_renders_and_a_merge_step_updates_the_charts(browser, app_url):
     timings: dict[str, float] = {}
     start = time.perf_counter()

@@ -3,13 +3,17 @@
 
 import streamlit as st
 
+from pages import nav
+
+nav.require_app()
+
 st.title("Rank sensitivity")
 
 import pandas as pd
 
-from app_pages import ui
 from nufilt import appstate, figures
 from nufilt.analysis import rank_sweep, summarize_sweep, sweep_settings
+from pages import ui
 
 ui.init_state()
 RANKS = ("r_p", "r_l", "r_v")

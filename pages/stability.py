@@ -3,10 +3,14 @@
 
 import streamlit as st
 
+from pages import nav
+
+nav.require_app()
+
 st.title("Stability and plasticity")
 
-from app_pages import ui
 from nufilt import figures
+from pages import ui
 
 ui.init_state()
 config, backbone, run = ui.require_run()

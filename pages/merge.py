@@ -3,10 +3,14 @@
 
 import streamlit as st
 
+from pages import nav
+
+nav.require_app()
+
 st.title("Merge step by step")
 
-from app_pages import ui
 from nufilt import appstate, figures
+from pages import ui
 
 ui.init_state()
 config, backbone, run = ui.require_run()

@@ -3,12 +3,16 @@
 
 import streamlit as st
 
+from pages import nav
+
+nav.require_app()
+
 st.title("Setup")
 
 with st.spinner("Loading torch and the merge library (a few seconds, on the first visit only)…"):
-    from app_pages import ui
     from nufilt import appstate
     from nufilt.backbones import EMBEDDED
+    from pages import ui
 
     ui.init_state()
 st.caption("Choose what to merge and how. Everything here is remembered while you use the other pages.")
@@ -121,4 +125,4 @@ if order is not None:
         changed = {label: dict(options) for label, options in config.overrides}
         st.info(f"Run: {len(config.order)} tasks, methods {', '.join(config.methods)}"
                 + (f", changed options {changed}" if changed else ", default options"))
-        st.page_link("app_pages/merge.py", label="Start merging", icon=":material/merge_type:")
+        st.page_link("pages/merge.py", label="Start merging", icon=":material/merge_type:")

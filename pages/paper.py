@@ -3,14 +3,18 @@
 
 import streamlit as st
 
+from pages import nav
+
+nav.require_app()
+
 st.title("Compare with the paper")
 
 import pandas as pd
 
-from app_pages import ui
 from nufilt import appstate, figures
 from nufilt.evaluation import Run, paper_orders, reference_summary, run_order, summarize
 from nufilt.paper import paper_reference
+from pages import ui
 
 ui.init_state()
 config, backbone, run = ui.require_run()

@@ -179,17 +179,17 @@ def require_run() -> tuple[appstate.RunConfig, Any, appstate.MultiRun]:
     """(config, backbone, run) for the Setup choices, or stop the page with the reason shown."""
     backbone, job = current_backbone()
     if backbone is None:
-        st.page_link("app_pages/setup.py", label="Go to Setup", icon=":material/tune:")
+        st.page_link("pages/setup.py", label="Go to Setup", icon=":material/tune:")
         st.stop()
     if not prepare_panel(job, autostart=backbone.name == EMBEDDED):
-        st.page_link("app_pages/setup.py", label="Setup", icon=":material/tune:")
+        st.page_link("pages/setup.py", label="Setup", icon=":material/tune:")
         st.stop()
     try:
         config = config_from_settings(backbone)
         run = run_for(repr(config), config, backbone)
     except (ValueError, TypeError) as error:
         st.error(f"The Setup choices are not valid: {error}")
-        st.page_link("app_pages/setup.py", label="Fix them on the Setup page", icon=":material/tune:")
+        st.page_link("pages/setup.py", label="Fix them on the Setup page", icon=":material/tune:")
         st.stop()
     except Exception as error:
         st.error(f"Could not start the run: {type(error).__name__}: {error}")

@@ -3,14 +3,18 @@
 
 import streamlit as st
 
+from pages import nav
+
+nav.require_app()
+
 st.title("Geometry: where task vectors meet task data")
 
 import pandas as pd
 
-from app_pages import ui
 from nufilt import appstate, figures
 from nufilt.analysis import affinity_matrix, backbone_affinity, diagonal_dominance
 from nufilt.analysis.affinity import KINDS
+from pages import ui
 
 ui.init_state()
 config, backbone, run = ui.require_run()
