@@ -12,7 +12,7 @@ MERGE_CHARTS = ("Accuracy matrix", "ACC and BWT so far", "Per-task accuracy", "E
 
 
 def open_page(at, name: str):
-    return at.switch_page(f"app_pages/{name}.py").run()
+    return at.switch_page(f"pages/{name}.py").run()
 
 
 def heatmap_cells(at) -> list[float]:
