@@ -293,7 +293,8 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--order", metavar="TASK,TASK,...", help="task order (default: the paper's first order)")
     parser.add_argument("--methods", default="nufilt,task_arithmetic,opcm", metavar="LIST",
                         help="methods and ablations to analyse (default: nufilt,task_arithmetic,opcm)")
-    parser.add_argument("--samples", type=int, default=256, metavar="N", help="inputs per task (default: 256)")
+    parser.add_argument("--samples", type=int, metavar="N",
+                        help="inputs per task (default: 256, or all of the embedded zoo's test images when fewer)")
     parser.add_argument("--source", default="finetuned", choices=["pretrained", "finetuned"],
                         help="model whose activations are measured: each task's own or θ0 (default: finetuned)")
     parser.add_argument("--r-d", type=int, default=8, metavar="R", help="data subspace rank (default: 8)")
@@ -328,7 +329,11 @@ def analyze_command(args: argparse.Namespace) -> int:
         if hasattr(backbone, "prepare"):
             backbone.prepare()
         order = _split_list(args.order) if args.order else None
-        document = analyze(backbone, order, _resolve_methods(args.methods), n_samples=args.samples,
+        n_samples = args.samples
+        if n_samples is None:  # the zoo's statistics use its test images: never ask for more than exist
+            n_test = getattr(getattr(backbone, "config", None), "n_test", None)
+            n_samples = min(256, n_test) if isinstance(n_test, int) else 256
+        document = analyze(backbone, order, _resolve_methods(args.methods), n_samples=n_samples,
                            source=args.source, r_d=args.r_d, r_v=args.r_v, sweeps=sweeps,
                            cache_dir=args.cache_dir, progress=progress, device=args.device)
     except (ValueError, TypeError) as error:
