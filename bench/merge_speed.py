@@ -8,7 +8,7 @@ then 50 Adam steps over all layers' LoRA factors on ‖T − (M + τt B A) V̂�
 Eq. 16 evaluated for both fused updates with the *exact* bases.
 
     python bench/merge_speed.py            # full ViT-B/32 shapes, NUFILT + baselines
-    python bench/merge_speed.py --quick    # 2 transformer blocks, under a minute
+    python bench/merge_speed.py --quick    # 1 transformer block, under a minute
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="2 transformer blocks and fewer steps (under a minute)")
-    parser.add_argument("--blocks", type=int, default=None, help="transformer blocks (default 12, --quick 2)")
+    parser.add_argument("--quick", action="store_true", help="1 transformer block (under a minute on one thread)")
+    parser.add_argument("--blocks", type=int, default=None, help="transformer blocks (default 12, --quick 1)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--skip-authors", action="store_true", help="only time this project's methods")
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    blocks = args.blocks or (2 if args.quick else 12)
+    blocks = args.blocks or (1 if args.quick else 12)
     device = str(resolve_device(args.device))
     r_p, r_l, r_v, steps, lr = 128, 64, 8, 50, 1e-3
 

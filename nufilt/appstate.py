@@ -33,7 +33,7 @@ from .analysis.layers import layer_info
 from .analysis.runs import CachedBackbone
 from .analysis.stability import LOSS_COLUMNS, step_losses, summarize_losses
 from .backbones import EMBEDDED, get_backbone
-from .backbones.base import Backbone, StateDict, TaskInfo
+from .backbones.base import Backbone, DelegatingBackbone, StateDict
 from .evaluation import MethodSpec, acc_bwt, check_order, method_spec, paper_orders, parse_order_indices
 from .merge import make_merger, resolve_device
 from .methods import ABLATIONS, COMMON_OPTIONS, METHODS, get_method
@@ -100,7 +100,7 @@ def zoo_preset() -> str:
     return os.environ.get(ENV_PRESET, "").strip() or "default"
 
 
-class AppBackbone(Backbone):
+class AppBackbone(DelegatingBackbone):
     """A backbone as the app uses it: evaluation serialised and optionally on fewer test inputs.
 
     The app shares one backbone between sessions and the background build, and the embedded
@@ -111,29 +111,12 @@ class AppBackbone(Backbone):
     """
 
     def __init__(self, inner: Backbone, max_eval: int | None = None) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.family = inner.family
+        super().__init__(inner)
         n_test = inner.config.n_test if inner.name == EMBEDDED else None  # (a hub config loads files)
         self.max_eval = max_eval if n_test and max_eval and max_eval < n_test else None
         self._lock = threading.RLock()
         self._data = None
         self._encoder: torch.nn.Module | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    @property
-    def tasks(self) -> list[TaskInfo]:
-        return self.inner.tasks
-
-    def pretrained_state(self) -> dict[str, torch.Tensor]:
-        return self.inner.pretrained_state()
-
-    def finetuned_state(self, task: str) -> dict[str, torch.Tensor]:
-        return self.inner.finetuned_state(task)
 
     def evaluate(self, state: StateDict, tasks: Sequence[str]) -> dict[str, float]:
         with self._lock:
@@ -163,12 +146,6 @@ class AppBackbone(Backbone):
             scores[name] = accuracy(head_logits(feats[start : start + len(labels)], heads[name]), labels)
             start += len(labels)
         return scores
-
-    def build_encoder(self, state: StateDict) -> torch.nn.Module:
-        return self.inner.build_encoder(state)
-
-    def activation_batches(self, task: str, n_samples: int, split: str = "test"):
-        return self.inner.activation_batches(task, n_samples, split)
 
     def reference(self) -> dict[str, dict[str, float]]:
         with self._lock:

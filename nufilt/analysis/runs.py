@@ -7,15 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..backbones.base import Backbone, TaskInfo
+from ..backbones.base import Backbone, DelegatingBackbone
 from ..evaluation import MethodSpec, check_order, method_spec
 from ..merge import StepReport, make_merger
 from ..statedict import StateDict
 
 
-class CachedBackbone(Backbone):
+class CachedBackbone(DelegatingBackbone):
     """A backbone whose pre-trained and fine-tuned states are loaded once and kept in memory.
 
     Everything else is delegated. Returned dicts are shallow copies over shared tensors: treat
@@ -23,21 +22,10 @@ class CachedBackbone(Backbone):
     """
 
     def __init__(self, inner: Backbone) -> None:
-        self.inner = inner.inner if isinstance(inner, CachedBackbone) else inner
-        self.name = self.inner.name
-        self.family = self.inner.family
+        super().__init__(inner.inner if isinstance(inner, CachedBackbone) else inner)
         self._states: dict[str | None, dict[str, torch.Tensor]] = (
             inner._states if isinstance(inner, CachedBackbone) else {}
         )
-
-    def __getattr__(self, name: str) -> Any:  # config, recommended_options, prepare, ...
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    @property
-    def tasks(self) -> list[TaskInfo]:
-        return self.inner.tasks
 
     def pretrained_state(self) -> dict[str, torch.Tensor]:
         if None not in self._states:
@@ -48,18 +36,6 @@ class CachedBackbone(Backbone):
         if task not in self._states:
             self._states[task] = self.inner.finetuned_state(task)
         return dict(self._states[task])
-
-    def evaluate(self, state: StateDict, tasks: Sequence[str]) -> dict[str, float]:
-        return self.inner.evaluate(state, tasks)
-
-    def build_encoder(self, state: StateDict) -> nn.Module:
-        return self.inner.build_encoder(state)
-
-    def activation_batches(self, task: str, n_samples: int, split: str = "test") -> Iterator[dict[str, torch.Tensor]]:
-        return self.inner.activation_batches(task, n_samples, split)
-
-    def reference(self) -> dict[str, dict[str, float]]:
-        return self.inner.reference()
 
 
 @dataclass

@@ -79,3 +79,42 @@ class Backbone(ABC):
                 return info
         known = ", ".join(t.name for t in self.tasks)
         raise ValueError(f"unknown task {name!r} for backbone {self.name!r}; known tasks: {known}")
+
+
+class DelegatingBackbone(Backbone):
+    """A wrapper that forwards every `Backbone` method (and any other attribute) to `inner`.
+
+    Subclasses override what they change (caching, locking, fewer test inputs).
+    """
+
+    def __init__(self, inner: Backbone) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.family = inner.family
+
+    def __getattr__(self, name: str):  # config, recommended_options, prepare, heads, ...
+        if name == "inner":  # not set yet (e.g. during unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def tasks(self) -> list[TaskInfo]:
+        return self.inner.tasks
+
+    def pretrained_state(self) -> StateDict:
+        return self.inner.pretrained_state()
+
+    def finetuned_state(self, task: str) -> StateDict:
+        return self.inner.finetuned_state(task)
+
+    def evaluate(self, state: StateDict, tasks: Sequence[str]) -> dict[str, float]:
+        return self.inner.evaluate(state, tasks)
+
+    def build_encoder(self, state: StateDict) -> nn.Module:
+        return self.inner.build_encoder(state)
+
+    def activation_batches(self, task: str, n_samples: int, split: str = "test") -> Iterator[dict[str, torch.Tensor]]:
+        return self.inner.activation_batches(task, n_samples, split)
+
+    def reference(self) -> dict[str, dict[str, float]]:
+        return self.inner.reference()
