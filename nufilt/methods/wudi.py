@@ -20,30 +20,38 @@ def wudi_solve(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched WUDI solve over (L, d_out, d_in) stacks; returns (τm, per-step loss (steps, L)).
 
-    Adam with the exact gradient of Σ_i ‖(τm − τi) τiᵀ‖² / ‖τi‖², evaluated through the smaller
-    Gram matrix: τiᵀτi (d_in²) when d_in ≤ d_out, else the d_out x d_out product (τm − τi) τiᵀ.
+    Adam with the exact gradient of Σ_i w_i ‖(τm − τi) τiᵀ‖², w_i = 1/‖τi‖². When d_in ≤ d_out the
+    two terms fold into one quadratic: with G_i = τiᵀτi, H = Σ w_i G_i and C = Σ w_i τi G_i, the
+    gradient is 2 (τm H − C) and the loss ⟨τm H − 2C, τm⟩ + Σ w_i ⟨τi G_i, τi⟩, one d_out·d_in² product
+    per step. Otherwise each term uses the d_out x d_out product Z_i = (τm − τi) τiᵀ, gradient 2 Z_i τi.
     """
     d_out, d_in = previous.shape[-2:]
-    by_inputs = d_in <= d_out
-    terms = []
+    weights = []
     for target in (previous, task_vector):
         norm_sq = target.pow(2).sum(dim=(-2, -1), keepdim=True)
-        weight = torch.where(norm_sq > 0, 1.0 / norm_sq.clamp_min(1e-30), 0.0)
-        terms.append((target, weight, target.mT @ target if by_inputs else None))
+        weights.append(torch.where(norm_sq > 0, 1.0 / norm_sq.clamp_min(1e-30), 0.0))
+    folded = d_in <= d_out
+    if folded:
+        hessian = linear = constant = 0
+        for target, weight in zip((previous, task_vector), weights, strict=True):
+            gram = target.mT @ target  # G_i: (L, d_in, d_in)
+            mapped = target @ gram  # τi G_i
+            hessian = hessian + weight * gram
+            linear = linear + weight * mapped
+            constant = constant + (mapped * target).sum(dim=(-2, -1)) * weight.flatten()
     merged = previous + task_vector
     optimizer = torch.optim.Adam([merged], lr=lr)
     history = []
     for _ in range(steps):
-        loss = merged.new_zeros(merged.shape[0])
-        grad = torch.zeros_like(merged)
-        for target, weight, gram in terms:
-            residual = merged - target
-            if gram is not None:  # ‖R τᵀ‖² = ⟨R G, R⟩, gradient 2 R G
-                product = residual @ gram
-                loss = loss + (product * residual).sum(dim=(-2, -1)) * weight.flatten()
-                grad += 2 * weight * product
-            else:  # Z = R τᵀ, gradient 2 Z τ
-                product = residual @ target.mT
+        if folded:
+            product = merged @ hessian
+            loss = ((product - 2 * linear) * merged).sum(dim=(-2, -1)) + constant
+            grad = 2 * (product - linear)
+        else:
+            loss = merged.new_zeros(merged.shape[0])
+            grad = torch.zeros_like(merged)
+            for target, weight in zip((previous, task_vector), weights, strict=True):
+                product = (merged - target) @ target.mT
                 loss = loss + product.pow(2).sum(dim=(-2, -1)) * weight.flatten()
                 grad += 2 * weight * (product @ target)
         merged.grad = grad
