@@ -148,3 +148,21 @@ def test_manifest_file_lists_every_built_task(micro_zoo_dir, tmp_path):
     assert [t["name"] for t in returned["tasks"]] == ["ring-count"]
     on_disk = json.loads((finetuned_root(MICRO, cache) / "manifest.json").read_text())
     assert [t["name"] for t in on_disk["tasks"]] == list(MICRO.tasks)
+
+
+def test_the_zoo_does_not_depend_on_the_callers_thread_count(tmp_path):
+    """Multi-threaded kernels sum in another order: without the build's own thread setting the
+    weights differ between one and two threads (checked when this test was written)."""
+    config = MICRO.replace(pretrain_steps=20, finetune_steps=5, tasks=MICRO.tasks[:1])
+    before = torch.get_num_threads()
+    states = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            folder = build.ensure_task(config, config.tasks[0], tmp_path / f"threads-{threads}")
+            states.append(build.load_state(folder / "encoder"))
+            assert torch.get_num_threads() == threads  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
