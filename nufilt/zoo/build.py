@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
@@ -395,19 +396,68 @@ def ensure_task(
     return folder
 
 
+def _finetune_task(config: ZooConfig, task: str, cache_dir: str | Path | None) -> str:
+    """Worker-process entry: build one fine-tuned task model into the shared cache."""
+    ensure_task(config, task, cache_dir)
+    return task
+
+
+def _finetune_in_processes(
+    config: ZooConfig, tasks: Sequence[str], cache_dir: str | Path | None, workers: int, report: ProgressFn
+) -> None:
+    """Fine-tune `tasks` in `workers` spawned processes, each on one torch thread.
+
+    Every task model is trained single-threaded either way, so the result is bit-identical to a
+    sequential build; processes only use the machine's other cores (a second torch thread per
+    kernel gains little on these small matrices). Entries are atomic, so a failed or killed
+    worker leaves nothing half-written behind.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(_finetune_task, config, task, cache_dir) for task in tasks]
+        for done, future in enumerate(as_completed(futures), start=1):
+            task = future.result()  # re-raises a worker's error here
+            report(f"fine-tuned {task} ({done}/{len(tasks)}, {workers} processes)", done / len(tasks))
+
+
+def build_workers(config: ZooConfig, missing: int) -> int:
+    """Processes for fine-tuning `missing` task models: `$NUFILT_BUILD_WORKERS`, else up to two
+    CPUs for a zoo whose tasks take seconds each (spawning costs ~5 s; the micro zoo stays serial)."""
+    value = os.environ.get("NUFILT_BUILD_WORKERS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"NUFILT_BUILD_WORKERS must be a positive integer, got {value!r}")
+        wanted = int(value)
+    else:
+        cost = config.finetune_steps * config.finetune_batch * config.width**2  # ~ seconds per task
+        wanted = min(2, os.cpu_count() or 1) if cost >= 200 * 32 * 128**2 else 1
+    return max(1, min(wanted, missing))
+
+
 def build_zoo(
     config: ZooConfig,
     tasks: Sequence[str] | None = None,
     cache_dir: str | Path | None = None,
     progress: ProgressFn = _no_progress,
+    workers: int | None = None,
 ) -> dict:
     """Build (or verify) the pre-trained model, the heads and the fine-tuned `tasks`; returns the
     manifest. `progress(message, fraction)` receives the overall fraction done (pre-training
-    counts as a quarter of the work when it has to run)."""
+    counts as a quarter of the work when it has to run). Missing task models are fine-tuned in
+    `workers` processes (default `build_workers`), with the same result as one by one."""
     tasks = list(config.tasks if tasks is None else tasks)
     data = TaskData(config)
     pre_share = 0.0 if pretrained_folder(config, cache_dir).exists() else 0.25
     heads = ensure_heads(config, cache_dir, data, lambda message, f: progress(message, pre_share * f))
+    root = finetuned_root(config, cache_dir)
+    missing = [t for t in tasks if check_integrity(root / t, deep=False) is not None]
+    workers = build_workers(config, len(missing)) if workers is None else max(1, min(workers, len(missing) or 1))
+    if workers > 1:
+        _finetune_in_processes(config, missing, cache_dir, workers,
+                               lambda message, f: progress(message, pre_share + (1 - pre_share) * f))
     folders = {}
     for i, task in enumerate(tqdm(tasks, desc="zoo tasks", leave=False, disable=None)):
 
@@ -417,7 +467,6 @@ def build_zoo(
         folders[task] = ensure_task(config, task, cache_dir, data, report)
     progress("zoo ready", 1.0)
     # the file lists every task built so far (a later, smaller build must not hide the others)
-    root = finetuned_root(config, cache_dir)
     built = {t: root / t for t in config.tasks if check_integrity(root / t, deep=False) is None}
     atomic_write_json(root / "manifest.json", _manifest(config, cache_dir, heads, built))
     return _manifest(config, cache_dir, heads, folders)

@@ -91,6 +91,14 @@ def click_button(driver, text: str) -> None:
     buttons[0].click()
 
 
+def nav_link_texts(driver) -> list[str]:
+    """The sidebar's page links, read in one script call: the sidebar is re-rendered while the app
+    switches navigation, and element handles taken before that go stale."""
+    script = """return Array.from(document.querySelectorAll('[data-testid="stSidebarNavLink"]'))
+                  .map(a => a.innerText.trim());"""
+    return list(driver.execute_script(script) or [])
+
+
 def test_a_deep_link_to_a_fresh_server_gets_the_apps_navigation(browser, app_url):
     """Runs first, on the just-started server: Streamlit would serve `pages/merge.py` alone (legacy
     multipage mode) to a first visitor of `/merge`; `pages/nav.py` routes the visit through `app.py`."""
@@ -98,11 +106,12 @@ def test_a_deep_link_to_a_fresh_server_gets_the_apps_navigation(browser, app_url
     start = time.perf_counter()
     links: list[str] = []
     while time.perf_counter() - start < 60:
-        links = [a.text.strip() for a in _by_css(browser, '[data-testid="stSidebarNavLink"]')]
+        links = nav_link_texts(browser)
         if any(link.endswith("Setup") for link in links):
             break
         time.sleep(0.2)
     wait_idle(browser)
+    links = nav_link_texts(browser)
     assert any(link.endswith("Compare with the paper") for link in links), links
     assert not any(link in ("ui", "nav", "app") for link in links), f"legacy page list shown: {links}"
     assert_healthy(browser, "deep link")

@@ -166,3 +166,32 @@ def test_the_zoo_does_not_depend_on_the_callers_thread_count(tmp_path):
         torch.set_num_threads(before)
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+
+
+def test_fine_tuning_in_processes_gives_the_serial_models(micro_zoo_dir, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(micro_zoo_dir, cache)
+    tasks = list(MICRO.tasks[:2])
+    root = finetuned_root(MICRO, cache)
+    for task in tasks:
+        shutil.rmtree(root / task)  # keep the pre-trained encoder and heads, drop the task models
+    messages = []
+    manifest = build.build_zoo(MICRO, tasks, cache, lambda message, fraction: messages.append(message), workers=2)
+    assert [t["name"] for t in manifest["tasks"]] == tasks
+    assert any("2 processes" in message for message in messages)
+    for task in tasks:
+        assert check_integrity(root / task) is None
+        rebuilt = build.load_state(root / task / "encoder")
+        serial = build.load_state(finetuned_root(MICRO, micro_zoo_dir) / task / "encoder")
+        assert all(torch.equal(rebuilt[key], serial[key]) for key in serial)
+
+
+def test_build_workers_setting(monkeypatch):
+    monkeypatch.delenv("NUFILT_BUILD_WORKERS", raising=False)
+    assert build.build_workers(MICRO, 3) == 1  # a seconds-to-build zoo stays in one process
+    assert build.build_workers(PRESETS["default"], 1) == 1  # never more processes than tasks
+    monkeypatch.setenv("NUFILT_BUILD_WORKERS", "3")
+    assert build.build_workers(MICRO, 8) == 3
+    monkeypatch.setenv("NUFILT_BUILD_WORKERS", "zero")
+    with pytest.raises(ValueError, match="NUFILT_BUILD_WORKERS"):
+        build.build_workers(MICRO, 8)
