@@ -7,7 +7,6 @@ preset) and cached under `cache_dir`; later runs load it in seconds.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from ..zoo.build import (
     head_logits,
     load_heads,
     load_state,
+    torch_threads,
 )
 from ..zoo.config import ZooConfig, resolve_config
 from ..zoo.tasks import task_spec
@@ -40,19 +40,6 @@ def recommended_options(width: int) -> dict[str, dict]:
     same share of d_in (1/6 and 1/12): r_p = width/6, r_l = width/12; r_v stays 8.
     """
     return {"nufilt": {"r_p": max(1, width // 6), "r_l": max(1, width // 12), "r_v": 8}}
-
-
-@contextmanager
-def _threads(count: int | None):
-    if count is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class TinyViTBackbone(Backbone):
@@ -100,11 +87,11 @@ class TinyViTBackbone(Backbone):
 
     def prepare(self, progress: ProgressFn | None = None) -> dict:
         """Build (or verify) every model of this backbone's tasks; returns the zoo manifest."""
-        with _threads(self.threads):
+        with torch_threads(self.threads):
             return build_zoo(self.config, self._names, self.cache_dir, progress or self._progress)
 
     def _pretrained_folder(self) -> Path:
-        with _threads(self.threads):
+        with torch_threads(self.threads):
             return ensure_pretrained(self.config, self.cache_dir, self._data, self._progress)
 
     @property
@@ -118,14 +105,14 @@ class TinyViTBackbone(Backbone):
 
     def finetuned_state(self, task: str) -> dict[str, torch.Tensor]:
         self.task(task)  # ValueError for unknown names
-        with _threads(self.threads):
+        with torch_threads(self.threads):
             folder = ensure_task(self.config, task, self.cache_dir, self._data, self._progress)
         return load_state(folder / "encoder")
 
     def heads(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The frozen head of each task: (weight (classes, width), bias), on normalised features."""
         if self._heads is None:
-            with _threads(self.threads):
+            with torch_threads(self.threads):
                 folder = ensure_heads(self.config, self.cache_dir, self._data, self._progress)
             self._heads = load_heads(folder)
         return self._heads
@@ -149,7 +136,7 @@ class TinyViTBackbone(Backbone):
             self._encoder.load_state_dict(dict(state))
         splits = [self._data.get(name, "test") for name in names]
         images = torch.cat([x for x, _ in splits])
-        with _threads(self.threads):
+        with torch_threads(self.threads):
             feats = features(self._encoder, images, self.eval_batch)
         heads, scores, start = self.heads(), {}, 0
         for name, (_, labels) in zip(names, splits, strict=True):

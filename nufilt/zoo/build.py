@@ -72,6 +72,19 @@ BUILD_THREADS = 1  # training runs single-threaded: the zoo must not depend on t
 
 
 @contextmanager
+def torch_threads(count: int | None):
+    """Run the block with `count` torch CPU threads (None: leave the setting alone), then restore."""
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _build_threads():
     """Train with `BUILD_THREADS` torch threads, whatever the caller set.
 
@@ -80,12 +93,7 @@ def _build_threads():
     with one thread, 58.6 / 86.0 with two) under one cache key. These small matrices gain little
     from a second thread anyway (20-task build 7 min 44 s vs 6 min 36 s).
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(BUILD_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(BUILD_THREADS)
 
 
 def encoder_config(config: ZooConfig) -> CLIPVisionConfig:
