@@ -165,7 +165,7 @@ def open_backbone(spec: str, n_tasks: int, preset: str = "default", cache_dir: s
     """
     backbone_choice(spec)
     if spec == EMBEDDED:
-        inner = get_backbone(EMBEDDED, n_tasks=n_tasks, preset=preset, cache_dir=cache_dir)
+        inner = get_backbone(EMBEDDED, n_tasks=n_tasks, preset=preset, cache_dir=cache_dir, build_workers=None)
         inner.eval_batch = EVAL_BATCH
     else:
         kwargs: dict[str, Any] = {"tasks": n_tasks, "device": device}

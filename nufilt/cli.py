@@ -168,6 +168,7 @@ def _make_backbone(args: argparse.Namespace, progress: Callable[[str, float], No
             cache_dir=args.cache_dir,
             progress=progress,
             threads=args.threads,
+            build_workers=None,  # missing task models fine-tuned in up to two processes
         )
     if args.preset != "default":
         raise UsageError("--preset applies to the tiny-vit backbone only")

@@ -56,6 +56,7 @@ class TinyViTBackbone(Backbone):
         progress: ProgressFn | None = None,
         threads: int | None = None,
         eval_batch: int = 2048,
+        build_workers: int | None = 1,
     ) -> None:
         pool = config.tasks
         if n_tasks is None:
@@ -66,6 +67,7 @@ class TinyViTBackbone(Backbone):
         self.cache_dir = cache_dir
         self.threads = threads
         self.eval_batch = eval_batch
+        self.build_workers = build_workers  # processes for fine-tuning missing tasks (None: automatic)
         self.recommended_options = recommended_options(config.width)
         self._progress = progress or (lambda message, fraction: None)
         self._names = list(pool[:n_tasks])
@@ -88,7 +90,7 @@ class TinyViTBackbone(Backbone):
     def prepare(self, progress: ProgressFn | None = None) -> dict:
         """Build (or verify) every model of this backbone's tasks; returns the zoo manifest."""
         with torch_threads(self.threads):
-            return build_zoo(self.config, self._names, self.cache_dir, progress or self._progress)
+            return build_zoo(self.config, self._names, self.cache_dir, progress or self._progress, self.build_workers)
 
     def _pretrained_folder(self) -> Path:
         with torch_threads(self.threads):
@@ -170,11 +172,14 @@ def make_backbone(
     cache_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
     threads: int | None = None,
+    build_workers: int | None = 1,
     **config_overrides,
 ) -> TinyViTBackbone:
     """The embedded zoo with its first `n_tasks` tasks (8, 14 or 20: the paper's groups; all if None).
 
     `preset` is "default", "micro" or a `ZooConfig`; other keyword arguments override its fields.
+    `build_workers`: processes that fine-tune missing task models in `prepare()` (None: up to two
+    CPUs, `$NUFILT_BUILD_WORKERS`; the CLI and the app use None).
     """
     config = resolve_config(preset, **config_overrides)
-    return TinyViTBackbone(config, n_tasks, cache_dir, progress, threads)
+    return TinyViTBackbone(config, n_tasks, cache_dir, progress, threads, build_workers=build_workers)

@@ -421,14 +421,20 @@ def _finetune_in_processes(
     worker leaves nothing half-written behind.
     """
     import multiprocessing
+    import warnings
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_finetune_task, config, task, cache_dir) for task in tasks]
-        for done, future in enumerate(as_completed(futures), start=1):
-            task = future.result()  # re-raises a worker's error here
-            report(f"fine-tuned {task} ({done}/{len(tasks)}, {workers} processes)", done / len(tasks))
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(_finetune_task, config, task, cache_dir) for task in tasks]
+            for done, future in enumerate(as_completed(futures), start=1):
+                task = future.result()  # re-raises a worker's error here
+                report(f"fine-tuned {task} ({done}/{len(tasks)}, {workers} processes)", done / len(tasks))
+    except BrokenProcessPool as error:  # e.g. a script without `if __name__ == "__main__":` guard
+        warnings.warn(f"zoo build: worker processes failed ({error}); fine-tuning the remaining tasks "
+                      "in this process", RuntimeWarning, stacklevel=3)
 
 
 def build_workers(config: ZooConfig, missing: int) -> int:
@@ -450,12 +456,14 @@ def build_zoo(
     tasks: Sequence[str] | None = None,
     cache_dir: str | Path | None = None,
     progress: ProgressFn = _no_progress,
-    workers: int | None = None,
+    workers: int | None = 1,
 ) -> dict:
     """Build (or verify) the pre-trained model, the heads and the fine-tuned `tasks`; returns the
     manifest. `progress(message, fraction)` receives the overall fraction done (pre-training
     counts as a quarter of the work when it has to run). Missing task models are fine-tuned in
-    `workers` processes (default `build_workers`), with the same result as one by one."""
+    `workers` processes (None: `build_workers` decides, as the CLI and the app do), with the same
+    result as one by one. The default stays in this process: spawned workers re-import the
+    caller's main script, which must then be guarded by `if __name__ == "__main__":`."""
     tasks = list(config.tasks if tasks is None else tasks)
     data = TaskData(config)
     pre_share = 0.0 if pretrained_folder(config, cache_dir).exists() else 0.25

@@ -195,3 +195,34 @@ def test_build_workers_setting(monkeypatch):
     monkeypatch.setenv("NUFILT_BUILD_WORKERS", "zero")
     with pytest.raises(ValueError, match="NUFILT_BUILD_WORKERS"):
         build.build_workers(MICRO, 8)
+
+
+def test_an_unguarded_script_falls_back_to_building_in_its_own_process(micro_zoo_dir, tmp_path):
+    """Spawned workers re-run a caller's main script; without a `__main__` guard they die. The build
+    then warns and fine-tunes the missing models itself instead of failing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cache = tmp_path / "cache"
+    shutil.copytree(micro_zoo_dir, cache)
+    tasks = list(MICRO.tasks[:2])
+    for task in tasks:
+        shutil.rmtree(finetuned_root(MICRO, cache) / task)
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys, warnings\n"
+        "from nufilt.zoo import PRESETS, build\n"
+        "warnings.simplefilter('always')\n"
+        f"build.build_zoo(PRESETS['micro'], {tasks!r}, sys.argv[1], workers=2)\n"
+        "print('built')\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, str(script), str(cache)], capture_output=True, text=True,
+                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "built" in result.stdout
+    assert "worker processes failed" in result.stderr
+    for task in tasks:
+        assert check_integrity(finetuned_root(MICRO, cache) / task) is None
