@@ -101,4 +101,7 @@ except Exception as error:  # hub backbones may lack test data here; the table s
     st.caption(f"Reference accuracies unavailable: {error}")
 st.markdown(f"**Table {'2 (Flan-T5)' if reference_backbone.startswith('flan') else '1'}**, "
             f"{'ViT-B/32 (qualitative reference)' if embedded else reference_backbone}, {reference_tasks} tasks:")
-st.dataframe(pd.DataFrame(rows), hide_index=True)
+numbers = ["paper ACC", "paper BWT", "run ACC", "run BWT"]
+shown = pd.DataFrame(rows, columns=["paper row", *numbers])
+shown[numbers] = shown[numbers].apply(lambda column: column.map(lambda v: "–" if pd.isna(v) else f"{v:.1f}"))
+st.dataframe(shown, hide_index=True)  # "–": no number (the paper has no BWT for reference rows)
