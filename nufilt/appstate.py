@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .analysis.activations import activation_statistics, selected_layers
+from .analysis.activations import activation_statistics, clamp_samples, selected_layers
 from .analysis.affinity import affinity_ecdf
 from .analysis.layers import layer_info
 from .analysis.runs import CachedBackbone
@@ -725,13 +725,6 @@ class MultiRun:
 
 
 # ---------------------------------------------------------------- geometry adapters
-
-
-def clamp_samples(backbone: Backbone, n_samples: int) -> int:
-    """At most the embedded zoo's test-set size (the statistics use test inputs)."""
-    if backbone.name != EMBEDDED:
-        return n_samples
-    return min(n_samples, backbone.config.n_test)
 
 
 def ecdf_with_layers(table: pd.DataFrame, pairs: Sequence[tuple[str, str]], kind: str = "all") -> pd.DataFrame:

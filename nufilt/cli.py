@@ -314,6 +314,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     import torch
 
     from .analysis import analyze
+    from .analysis.activations import clamp_samples
     from .analysis.report import format_summary
 
     sweeps = _split_list(args.sweep)
@@ -330,10 +331,8 @@ def analyze_command(args: argparse.Namespace) -> int:
         if hasattr(backbone, "prepare"):
             backbone.prepare()
         order = _split_list(args.order) if args.order else None
-        n_samples = args.samples
-        if n_samples is None:  # the zoo's statistics use its test images: never ask for more than exist
-            n_test = getattr(getattr(backbone, "config", None), "n_test", None)
-            n_samples = min(256, n_test) if isinstance(n_test, int) else 256
+        # the zoo's statistics use its test images: by default never ask for more than exist
+        n_samples = clamp_samples(backbone, 256) if args.samples is None else args.samples
         document = analyze(backbone, order, _resolve_methods(args.methods), n_samples=n_samples,
                            source=args.source, r_d=args.r_d, r_v=args.r_v, sweeps=sweeps,
                            cache_dir=args.cache_dir, progress=progress, device=args.device)

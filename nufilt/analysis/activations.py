@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backbones import EMBEDDED
 from ..backbones.base import Backbone
 from ..cache import atomic_save_tensors, atomic_write_json, config_hash, default_cache_dir, ensure_entry
 from ..statedict import PAPER_NUFILT_PATTERNS, StateDict, select_keys
@@ -184,6 +185,13 @@ def _backbone_identity(backbone: Backbone) -> dict[str, Any]:
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         identity["config"] = config_hash(config)
     return identity
+
+
+def clamp_samples(backbone: Backbone, n_samples: int) -> int:
+    """At most the embedded zoo's test-set size (the statistics use its test inputs)."""
+    if backbone.name != EMBEDDED:
+        return n_samples
+    return min(n_samples, backbone.config.n_test)
 
 
 def activation_statistics(

@@ -382,13 +382,12 @@ def ensure_task(
     def build(folder: Path) -> None:
         pretrained = load_state(pretrained_folder(config, cache_dir) / "encoder")
         head = load_heads(heads)[task]
-        start = time.perf_counter()
         with _build_threads():
+            start = time.perf_counter()
             state = finetune(pretrained, head, config, data, task, progress)
-        seconds = time.perf_counter() - start
-        images, labels = data.get(task, "test")
-        encoder = encoder_from_state(config, state)
-        with _build_threads():
+            seconds = time.perf_counter() - start
+            images, labels = data.get(task, "test")
+            encoder = encoder_from_state(config, state)
             score = accuracy(head_logits(features(encoder, images), head), labels)
         info = {
             "task": task,
@@ -470,7 +469,7 @@ def build_zoo(
     heads = ensure_heads(config, cache_dir, data, lambda message, f: progress(message, pre_share * f))
     root = finetuned_root(config, cache_dir)
     missing = [t for t in tasks if check_integrity(root / t, deep=False) is not None]
-    workers = build_workers(config, len(missing)) if workers is None else max(1, min(workers, len(missing) or 1))
+    workers = build_workers(config, len(missing)) if workers is None else min(workers, len(missing))
     if workers > 1:
         _finetune_in_processes(config, missing, cache_dir, workers,
                                lambda message, f: progress(message, pre_share + (1 - pre_share) * f))
