@@ -167,12 +167,25 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def _remove_leftovers(folder: Path) -> list[Path]:
+    """Delete what killed builds of `folder` left beside it (`.name.XXXXXXXX.tmp` build folders,
+    `.name.trash-PID` folders); only called with the entry's lock held, so none is in use."""
+    leftovers = [
+        path for pattern in (f".{folder.name}.????????.tmp", f".{folder.name}.trash-*")
+        for path in folder.parent.glob(pattern) if path.is_dir()
+    ]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return leftovers
+
+
 def ensure_entry(folder: str | Path, build: Callable[[Path], None], deep: bool = True) -> tuple[Path, bool]:
     """Return (`folder`, built?) after making sure it is a complete, verified entry.
 
     A valid entry is reused. Otherwise `build(temporary_folder)` writes the files, the
     integrity record is added and the folder is renamed into place. A corrupt or partial entry
-    is reported with a `CacheWarning` and replaced.
+    is reported with a `CacheWarning` and replaced; half-written build folders of a killed
+    process are deleted before the rebuild.
     """
     folder = Path(folder)
     if check_integrity(folder, deep=deep) is None:
@@ -184,6 +197,7 @@ def ensure_entry(folder: str | Path, build: Callable[[Path], None], deep: bool =
         if problem != "missing":
             warnings.warn(f"cache entry {folder} is corrupt ({problem}); rebuilding it", CacheWarning, stacklevel=2)
             _remove(folder)
+        _remove_leftovers(folder)
         temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
         try:
             build(temporary)

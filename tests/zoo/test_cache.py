@@ -83,3 +83,39 @@ def test_failed_build_leaves_nothing_behind(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a missing entry is built silently
         ensure_entry(tmp_path / "entry", CountingBuilder())
+
+
+def test_a_killed_build_leaves_no_leftovers_after_the_next_build(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from nufilt.cache import ensure_entry\n"
+        "def build(folder):\n"
+        "    (folder / 'half.bin').write_bytes(b'x' * 1000)\n"
+        "    Path(sys.argv[2]).touch()\n"
+        "    time.sleep(60)\n"
+        "ensure_entry(Path(sys.argv[1]) / 'entry', build)\n"
+    )
+    started = tmp_path / "started"
+    cache = tmp_path / "cache"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    process = subprocess.Popen([sys.executable, "-c", script, str(cache), str(started)], cwd=root)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        assert started.exists(), "the builder process did not start"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    leftovers = [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+    assert len(leftovers) == 1 and (leftovers[0] / "half.bin").exists()  # what SIGKILL leaves
+    folder, built = ensure_entry(cache / "entry", CountingBuilder())
+    assert built and check_integrity(folder) is None
+    assert [p.name for p in cache.iterdir() if p.name.endswith(".tmp")] == []
