@@ -133,8 +133,9 @@ def random_affinity_baseline(r_v: int, d_in: int) -> float:
     return min(r_v, d_in) / d_in
 
 
-def removed_energy(task_vector: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """Fraction of ‖τ‖² inside span(basis): ‖τ V‖²_F / ‖τ‖²_F (0 for a zero τ)."""
-    inside = (task_vector @ basis).pow(2).sum(dim=(-2, -1))
+def removed_energy(task_vector: torch.Tensor, basis: torch.Tensor, product: torch.Tensor | None = None) -> torch.Tensor:
+    """Fraction of ‖τ‖² inside span(basis): ‖τ V‖²_F / ‖τ‖²_F (0 for a zero τ); `product` = τ V
+    when the caller already has it."""
+    inside = (task_vector @ basis if product is None else product).pow(2).sum(dim=(-2, -1))
     total = task_vector.pow(2).sum(dim=(-2, -1))
     return torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)

@@ -48,6 +48,7 @@ def fit_lora(
     steps: int,
     lr: float,
     form: str = "auto",
+    gram_factor: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Adam on Eq. 16 with hand-written gradients; returns (A, B, per-layer loss curve (L, steps+1)).
 
@@ -55,24 +56,39 @@ def fit_lora(
     (X_p = τt P V_p, E_v = τt V_v − M V_v). Its gradients are evaluated either directly (two
     d_out·d_in·r products per step) or through the Gram matrix G = τtᵀτt (one d_in²·r product),
     whichever is cheaper (`form="auto"`); both are the exact gradients autograd would give.
+    `gram_factor=(V_k, σ_k)` replaces G by its top-k part V_k diag(σ_k²) V_kᵀ inside the loop (the
+    `gram_rank` option): G B then costs 4·d_in·k·r instead of 2·d_in²·r, and only the tail
+    eigenvalues σ_{k+1}², ... of G are dropped from the trajectory. The loss curve's first point
+    (B = 0) and last point are then still exact; the points in between are the truncated loss.
     """
     lora_a = lora_init.clone()  # (L, r_l, d_in)
     lora_b = lora_init.new_zeros(lora_init.shape[0], lora_init.shape[2], lora_init.shape[1])  # (L, d_in, r_l)
     d_out, d_in = task_vector.shape[-2:]
     gram = _use_gram(d_out, d_in, steps, lora_init.shape[1]) if form == "auto" else form == "gram"
-    if gram:
+    gram = gram or gram_factor is not None
+    if gram_factor is not None:
+        factor_basis, factor_weight = gram_factor[0], gram_factor[1].pow(2).unsqueeze(-1)  # V_k, σ_k²
+
+        def apply_gram(matrix: torch.Tensor) -> torch.Tensor:
+            return factor_basis @ (factor_weight * (factor_basis.mT @ matrix))
+    elif gram:
         gram_matrix = task_vector.mT @ task_vector  # G: (L, d_in, d_in)
+
+        def apply_gram(matrix: torch.Tensor) -> torch.Tensor:
+            return gram_matrix @ matrix
+
+    if gram:
         # Y_p = τtᵀ X_p is skipped when X_p is zero (the filter is on): it would only add zeros
         cross_p = task_vector.mT @ stability_fixed if bool(stability_fixed.any()) else None  # (L, d_in, r_p)
         cross_v = task_vector.mT @ fidelity_fixed  # Y_v = τtᵀ E_v: (L, d_in, r_v)
         constant = stability_fixed.pow(2).sum(dim=(-2, -1)) + fidelity_fixed.pow(2).sum(dim=(-2, -1))
 
-    def loss_and_grads() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def loss_and_grads(use_gram: bool = gram) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         coeff_p, coeff_v = lora_a @ previous_basis, lora_a @ task_basis  # C_p, C_v
-        if gram:
+        if use_gram:
             # ‖X_p + K C_p‖² + ‖E_v − K C_v‖² = const + 2⟨BᵀY_p, C_p⟩ − 2⟨BᵀY_v, C_v⟩ + ⟨S, Q⟩,
             # S = KᵀK = Bᵀ G B and Q = C_p C_pᵀ + C_v C_vᵀ: only G B touches a d_in x d_in matrix
-            mapped = gram_matrix @ lora_b  # H = G B: (L, d_in, r_l)
+            mapped = apply_gram(lora_b)  # H = G B: (L, d_in, r_l)
             inner = lora_b.mT @ mapped  # S: (L, r_l, r_l)
             outer = coeff_p @ coeff_p.mT + coeff_v @ coeff_v.mT  # Q: (L, r_l, r_l)
             proj_v = lora_b.mT @ cross_v  # Bᵀ Y_v
@@ -101,7 +117,7 @@ def fit_lora(
             loss, lora_a.grad, lora_b.grad = loss_and_grads()
             optimizer.step()
             history.append(loss)
-    history.append(loss_and_grads()[0])
+    history.append(loss_and_grads(use_gram=gram and gram_factor is None)[0])  # exact final loss
     return lora_a, lora_b, torch.stack(history).mT
 
 
@@ -153,17 +169,23 @@ def filter_and_adapt(
     solver: str = "auto",
     previous_basis: torch.Tensor | None = None,
     lora_solver: str = "adam",
+    gram_rank: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """NUFILT's update τt (P + B A) for a stack of layers.
 
     previous, task_vector: (L, d_out, d_in) = τ̄_{t−1}, τt. lora_init: (L, r_l, d_in), the
-    initial A (B starts at zero). Returns the update and per-layer diagnostics.
+    initial A (B starts at zero). `gram_rank` k > 0: Adam sees G = τtᵀτt through τt's top-k
+    spectral part (one basis computation serves V_v and V_k) where that is cheaper, i.e. where
+    2k < min(d_out, d_in); otherwise G stays exact. Returns the update and per-layer diagnostics.
     """
     if previous_basis is None:
         previous_basis, prev_values = top_right_singular_vectors(previous, r_p, solver)  # (L, d_in, r_p)
     else:
         prev_values = previous_basis.new_zeros(previous_basis.shape[0], previous_basis.shape[-1])
-    task_basis, task_values = top_right_singular_vectors(task_vector, r_v, solver)  # (L, d_in, r_v)
+    gram_rank = gram_rank if 0 < 2 * gram_rank < min(task_vector.shape[-2:]) else 0
+    task_basis, task_values = top_right_singular_vectors(task_vector, max(r_v, gram_rank), solver)
+    gram_factor = (task_basis, task_values) if gram_rank > 0 else None
+    task_basis, task_values = task_basis[..., :r_v], task_values[..., :r_v]  # V_v: (L, d_in, r_v)
 
     # τt P: the filtered task vector (P = I for the "no filter" ablation)
     inside = task_vector @ previous_basis  # (L, d_out, r_p)
@@ -179,12 +201,13 @@ def filter_and_adapt(
         update = filtered + correction
     else:
         lora_a, lora_b, curve = fit_lora(
-            task_vector, lora_init, previous_basis, task_basis, stability_fixed, fidelity_fixed, steps, lr
+            task_vector, lora_init, previous_basis, task_basis, stability_fixed, fidelity_fixed, steps, lr,
+            gram_factor=gram_factor,
         )
         update = filtered + (task_vector @ lora_b) @ lora_a
     diagnostics = {
         "loss_curve": curve,  # (L, steps + 1)
-        "removed_energy": removed_energy(task_vector, previous_basis),
+        "removed_energy": removed_energy(task_vector, previous_basis, inside),
         "prev_singular_values": prev_values,
         "task_singular_values": task_values,
     }
@@ -205,9 +228,10 @@ class NufiltOptions:
     first_step: str = "paper"  # "paper": θ̄1 = θ1; "filtered": the authors' code (see docs)
     svd: str = "auto"  # bases: "exact" thin SVD, "lowrank" randomized, "auto" = lowrank for large layers
     lora_solver: str = "adam"  # "adam": the paper's fit; "exact": closed-form minimiser of Eq. 16
+    gram_rank: int = 0  # > 0: Adam uses τt's top-k spectral part of τtᵀτt (faster; 0 = exact)
 
     def __post_init__(self) -> None:
-        for name in ("r_p", "r_l", "r_v", "steps"):
+        for name in ("r_p", "r_l", "r_v", "steps", "gram_rank"):
             check_rank(name, getattr(self, name))
         check_number("lr", self.lr, low=0.0, low_open=True)
         check_number("init_std", self.init_std, low=0.0)
@@ -252,7 +276,7 @@ class Nufilt(MergeMethod):
                 init = torch.stack([self._lora_init(ctx, k, r_l, d_in) for k in keys])
                 update, diag = filter_and_adapt(
                     previous, task_vector, init, r_p, r_v, opts.steps, opts.lr,
-                    opts.null_space, opts.svd, basis, opts.lora_solver,
+                    opts.null_space, opts.svd, basis, opts.lora_solver, opts.gram_rank,
                 )
                 for i, key in enumerate(keys):
                     merged[key] = ctx.output(key, ctx.load(ctx.merged, key) + update[i])

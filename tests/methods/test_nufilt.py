@@ -248,3 +248,55 @@ def test_exact_lora_solver_reaches_at_most_the_adam_loss():
         continual_merge(tiny_clip_state(), synthetic_tasks(tiny_clip_state(), 2), "nufilt", lora_solver="exact")
     )
     assert all(torch.isfinite(v).all() for v in merged[-1].values())
+
+
+def test_gram_rank_at_the_task_vectors_rank_gives_the_exact_adam_run():
+    # τt of rank 3: its top-3 spectral part *is* G = τtᵀτt, so the run must match the exact one
+    generator = torch.Generator().manual_seed(9)
+    previous = torch.randn(2, 16, 10, generator=generator, dtype=torch.float64)
+    task_vector = torch.randn(2, 16, 3, generator=generator, dtype=torch.float64) @ torch.randn(
+        2, 3, 10, generator=generator, dtype=torch.float64
+    )
+    init = 0.05 * torch.randn(2, 4, 10, generator=generator, dtype=torch.float64)
+    exact, exact_diag = filter_and_adapt(previous, task_vector, init, 4, 2, 30, 1e-2, solver="exact")
+    low, low_diag = filter_and_adapt(previous, task_vector, init, 4, 2, 30, 1e-2, solver="exact", gram_rank=3)
+    torch.testing.assert_close(low, exact)
+    torch.testing.assert_close(low_diag["loss_curve"], exact_diag["loss_curve"])
+    torch.testing.assert_close(low_diag["task_singular_values"], exact_diag["task_singular_values"])
+    # below the rank the trajectory changes (the option is not a no-op) but stays close
+    cut, _ = filter_and_adapt(previous, task_vector, init, 4, 2, 30, 1e-2, solver="exact", gram_rank=1)
+    assert not torch.allclose(cut, exact)
+    assert (cut - exact).norm() < 0.5 * exact.norm()
+
+
+def test_a_truncated_gram_run_still_reports_the_exact_first_and_last_loss():
+    generator = torch.Generator().manual_seed(10)
+    task_vector = torch.randn(2, 14, 12, generator=generator, dtype=torch.float64)
+    previous_basis = torch.linalg.qr(torch.randn(2, 12, 4, generator=generator, dtype=torch.float64)).Q
+    task_basis = torch.linalg.qr(torch.randn(2, 12, 2, generator=generator, dtype=torch.float64)).Q
+    fixed_p = torch.randn(2, 14, 4, generator=generator, dtype=torch.float64)
+    fixed_v = torch.randn(2, 14, 2, generator=generator, dtype=torch.float64)
+    init = 0.1 * torch.randn(2, 3, 12, generator=generator, dtype=torch.float64)
+    _, values, vh = torch.linalg.svd(task_vector)
+    factor = (vh[:, :2].mT, values[:, :2])
+    a, b, curve = fit_lora(task_vector, init, previous_basis, task_basis, fixed_p, fixed_v, 20, 1e-2, gram_factor=factor)
+    adapted = task_vector @ b
+    true_loss = (fixed_p + adapted @ a @ previous_basis).pow(2).sum((-2, -1)) + (
+        fixed_v - adapted @ a @ task_basis
+    ).pow(2).sum((-2, -1))
+    torch.testing.assert_close(curve[:, -1], true_loss)
+    torch.testing.assert_close(curve[:, 0], fixed_p.pow(2).sum((-2, -1)) + fixed_v.pow(2).sum((-2, -1)))
+    # the truncated loss inside the loop drops the tail of BᵀGB, so it differs from the true one
+    _, _, exact_curve = fit_lora(task_vector, init, previous_basis, task_basis, fixed_p, fixed_v, 20, 1e-2)
+    assert not torch.allclose(curve[:, 1:-1], exact_curve[:, 1:-1])
+
+
+def test_gram_rank_above_a_layer_is_the_exact_merge(zoo):
+    pretrained, tasks = zoo
+    options = {"r_p": 4, "r_l": 3, "r_v": 2, "steps": 10}
+    exact = list(continual_merge(pretrained, tasks, "nufilt", **options))[-1]
+    full = list(continual_merge(pretrained, tasks, "nufilt", gram_rank=10_000, **options))[-1]
+    for key in pretrained:
+        torch.testing.assert_close(full[key], exact[key], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="gram_rank"):
+        NufiltOptions(gram_rank=-2)
