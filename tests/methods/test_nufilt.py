@@ -109,15 +109,21 @@ def test_batched_implementation_matches_a_plain_per_layer_reference(zoo, null_sp
             torch.testing.assert_close(second[key], first[key] + update, atol=2e-5, rtol=1e-4)
 
 
+def _lora_problem(seed: int, d_out: int, d_in: int, layers: int = 2, r_p: int = 4, r_v: int = 2, r_l: int = 3):
+    """A random float64 instance of Eq. 16: (τt, A init, V_p, V_v, X_p, E_v)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(layers, *shape, generator=generator, dtype=torch.float64)
+
+    task_vector = randn(d_out, d_in)
+    previous_basis, task_basis = torch.linalg.qr(randn(d_in, r_p)).Q, torch.linalg.qr(randn(d_in, r_v)).Q
+    return task_vector, 0.1 * randn(r_l, d_in), previous_basis, task_basis, randn(d_out, r_p), randn(d_out, r_v)
+
+
 @pytest.mark.parametrize("form", ["gram", "direct"])
 def test_hand_written_gradients_equal_autograd(form):
-    generator = torch.Generator().manual_seed(5)
-    task_vector = torch.randn(2, 12, 9, generator=generator, dtype=torch.float64)
-    previous_basis = torch.linalg.qr(torch.randn(2, 9, 4, generator=generator, dtype=torch.float64)).Q
-    task_basis = torch.linalg.qr(torch.randn(2, 9, 2, generator=generator, dtype=torch.float64)).Q
-    fixed_p = torch.randn(2, 12, 4, generator=generator, dtype=torch.float64)
-    fixed_v = torch.randn(2, 12, 2, generator=generator, dtype=torch.float64)
-    init = 0.1 * torch.randn(2, 3, 9, generator=generator, dtype=torch.float64)
+    task_vector, init, previous_basis, task_basis, fixed_p, fixed_v = _lora_problem(5, 12, 9)
     a, b, curve = fit_lora(task_vector, init, previous_basis, task_basis, fixed_p, fixed_v, 7, 1e-2, form=form)
     # the same Adam run with autograd on the plain loss
     ref_a = init.clone().requires_grad_(True)
@@ -270,13 +276,7 @@ def test_gram_rank_at_the_task_vectors_rank_gives_the_exact_adam_run():
 
 
 def test_a_truncated_gram_run_still_reports_the_exact_first_and_last_loss():
-    generator = torch.Generator().manual_seed(10)
-    task_vector = torch.randn(2, 14, 12, generator=generator, dtype=torch.float64)
-    previous_basis = torch.linalg.qr(torch.randn(2, 12, 4, generator=generator, dtype=torch.float64)).Q
-    task_basis = torch.linalg.qr(torch.randn(2, 12, 2, generator=generator, dtype=torch.float64)).Q
-    fixed_p = torch.randn(2, 14, 4, generator=generator, dtype=torch.float64)
-    fixed_v = torch.randn(2, 14, 2, generator=generator, dtype=torch.float64)
-    init = 0.1 * torch.randn(2, 3, 12, generator=generator, dtype=torch.float64)
+    task_vector, init, previous_basis, task_basis, fixed_p, fixed_v = _lora_problem(10, 14, 12)
     _, values, vh = torch.linalg.svd(task_vector)
     factor = (vh[:, :2].mT, values[:, :2])
     a, b, curve = fit_lora(task_vector, init, previous_basis, task_basis, fixed_p, fixed_v, 20, 1e-2, gram_factor=factor)
