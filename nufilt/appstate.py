@@ -63,7 +63,7 @@ class BackboneChoice:
 BACKBONE_CHOICES: tuple[BackboneChoice, ...] = (
     BackboneChoice(EMBEDDED, "tiny-vit (embedded, offline)",
                    "nothing: a tiny CLIP-style ViT zoo on generated 16x16 tasks, built on this machine the "
-                   "first time (about 4 minutes for 8 tasks, 6-7 for all 20, on 2 CPU cores; progress shown) and "
+                   "first time (about 4 minutes for 8 tasks, 5.5-6 for all 20, on 2 CPU cores; progress shown) and "
                    "cached", offline=True),
     BackboneChoice("clip-vit-b32", "CLIP ViT-B/32 (Hugging Face Hub)",
                    "Hub access (or the local HF cache) for openai/clip-vit-base-patch32, the 20 fine-tuned "

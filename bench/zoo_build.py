@@ -1,0 +1,103 @@
+"""Time to build the embedded zoo from an empty cache, stage by stage, and to load it again.
+
+Builds into a fresh temporary cache folder (deleted afterwards unless --keep), so the machine's
+./cache is neither used nor touched. Stages: generating the task data, pre-training the encoder,
+fitting the frozen heads, fine-tuning the task models (in worker processes as the CLI and the app
+do), then a second `build_zoo` call (integrity check with sha256 of every file) and loading every
+task model, which is what a second run pays.
+
+    python bench/zoo_build.py                 # the default zoo, all 20 tasks (about 6 minutes on 2 cores)
+    python bench/zoo_build.py --tasks 8       # the app's default group
+    python bench/zoo_build.py --quick         # the micro zoo of the tests, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nufilt.zoo.build import (  # noqa: E402
+    TaskData,
+    build_workers,
+    build_zoo,
+    ensure_heads,
+    ensure_pretrained,
+    finetuned_root,
+    load_state,
+)
+from nufilt.zoo.config import resolve_config  # noqa: E402
+
+
+def timed(rows: list, stage: str, function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    rows.append((stage, time.perf_counter() - start))
+    return result
+
+
+def generate_data(config, data: TaskData) -> None:
+    for task in (*config.pretrain_tasks, *config.tasks):
+        data.get(task, "train")
+        data.get(task, "test")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", type=int, default=None, help="build the first N tasks (default: all 20)")
+    parser.add_argument("--quick", action="store_true", help="the micro zoo (3 tasks, seconds)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="fine-tuning processes (default: as the CLI, $NUFILT_BUILD_WORKERS or up to 2)")
+    parser.add_argument("--keep", metavar="DIR", default=None, help="build into DIR and keep it")
+    args = parser.parse_args(argv)
+    config = resolve_config("micro" if args.quick else "default")
+    if args.tasks is not None:
+        if not 1 <= args.tasks <= len(config.tasks):
+            parser.error(f"--tasks must be in 1..{len(config.tasks)}")
+        config = config.replace(tasks=config.tasks[: args.tasks])
+    cache = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="nufilt-zoo-bench-"))
+    try:
+        if any(cache.iterdir()):
+            parser.error(f"{cache} is not empty: the benchmark needs an empty cache")
+        workers = args.workers or build_workers(config, len(config.tasks))
+        print(f"zoo: {len(config.tasks)} tasks, width {config.width}, {config.layers} blocks, "
+              f"{config.pretrain_steps} pre-training steps; {os.cpu_count()} CPUs, {workers} fine-tuning "
+              f"process(es); cache {cache}", flush=True)
+        rows: list[tuple[str, float]] = []
+        data = TaskData(config)
+        timed(rows, "task data (generated)", generate_data, config, data)
+        timed(rows, "pre-training", ensure_pretrained, config, cache, data)
+        timed(rows, "heads", ensure_heads, config, cache, data)
+        timed(rows, f"fine-tuning {len(config.tasks)} tasks", build_zoo, config, None, cache, workers=workers)
+        build_total = sum(seconds for _, seconds in rows)
+        start = time.perf_counter()
+        manifest = build_zoo(config, None, cache, workers=1)
+        for task in config.tasks:
+            load_state(finetuned_root(config, cache) / task / "encoder")
+        reload = time.perf_counter() - start
+
+        print(f"\n{'stage':<28} {'seconds':>9}")
+        for stage, seconds in rows:
+            print(f"{stage:<28} {seconds:>9.1f}")
+        print(f"{'build from empty (sum)':<28} {build_total:>9.1f}   = {build_total / 60:.1f} min")
+        print(f"{'second run: verify + load':<28} {reload:>9.1f}")
+        pretrained = [task["pretrained_accuracy"] for task in manifest["tasks"]]
+        individual = [task["individual_accuracy"] for task in manifest["tasks"]]
+        print(f"\nmean test accuracy: pre-trained {sum(pretrained) / len(pretrained):.1f}, "
+              f"individual {sum(individual) / len(individual):.1f}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(cache, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
