@@ -347,9 +347,96 @@ def analyze_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- `merge`
+
+
+def add_merge_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "merge",
+        help="merge your own checkpoints, data-free, and write the merged model",
+        description=(
+            "Merge task checkpoints into a pre-trained checkpoint one at a time, in the order given, with "
+            "no task data and no evaluation, and write the merged model. Inputs: save_pretrained folders, "
+            ".safetensors files, sharded indexes, or .bin/.pt files holding tensors only. The output is a "
+            "folder that from_pretrained loads (model.safetensors, the pre-trained folder's config and "
+            "tokenizer files, a model card, nufilt_merge.json), or one .safetensors file when --out ends "
+            "in .safetensors. Options default to the paper's Table 9 for the number of tasks."
+        ),
+        epilog=(
+            "Example: python -m nufilt merge --pretrained base/ --task ft-cars/ --task ft-dtd/ --task "
+            "ft-eurosat.safetensors --method nufilt --option r_p=64 --out merged/"
+        ),
+    )
+    parser.add_argument("--pretrained", type=Path, required=True, help="the pre-trained checkpoint")
+    parser.add_argument("--task", type=Path, action="append", default=[], dest="tasks", metavar="PATH",
+                        help="a fine-tuned checkpoint; repeat in merge order")
+    parser.add_argument("--method", default="nufilt", help="a method or Table 4 ablation (default: nufilt)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method option, e.g. r_p=64 or nufilt.r_p=64 (repeatable)")
+    parser.add_argument("--layers", default=None, help="layers the method works on: paper (default), all-linear, all")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the method's random parts (default: 0)")
+    parser.add_argument("--spill-dir", type=Path, default=None,
+                        help="keep merged states in safetensors files here instead of memory (large models)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder, or a .safetensors file")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--json", type=Path, default=None, help="also write the summary JSON here")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--quiet", action="store_true", help="no per-step lines on stderr")
+    parser.set_defaults(handler=merge_command)
+
+
+def _merge_options(items: Sequence[str], method: str) -> dict[str, Any]:
+    """["r_p=64", "nufilt.r_l=8"] -> {"r_p": 64, "r_l": 8} for `method` (a prefix must name it)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        target, eq, value = item.partition("=")
+        if not eq or not target:
+            raise UsageError(f"--option expects KEY=VALUE, got {item!r}")
+        prefix, dot, key = target.rpartition(".")
+        if dot and prefix != method:
+            raise UsageError(f"--option {item!r} is for {prefix!r}, but --method is {method!r}")
+        options[key] = parse_value(value)
+    return options
+
+
+def merge_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoints import merge_checkpoints
+    from .io import UnsafeCheckpointError
+    from .memory import memory_report
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    common: dict[str, Any] = {"device": args.device, "seed": args.seed}
+    if args.layers is not None:
+        common["layers"] = args.layers
+    if args.spill_dir is not None:
+        args.spill_dir.mkdir(parents=True, exist_ok=True)
+        common["spill_dir"] = args.spill_dir
+    progress = None if args.quiet else (lambda message, fraction: print(message, file=sys.stderr, flush=True))
+    try:
+        summary = merge_checkpoints(args.pretrained, args.tasks, args.method, args.out,
+                                    options=_merge_options(args.option, args.method), overwrite=args.overwrite,
+                                    progress=progress, **common)
+    except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, UnsafeCheckpointError) as error:
+        raise UsageError(str(error).strip("'\"")) from None
+    print(f"merged {len(summary['tasks'])} task(s) with {summary['method']} "
+          f"({summary['selected_layers']} layers by the method's rule) in {summary['seconds']:.1f} s; wrote {args.out}")
+    if args.json is not None:
+        from .cache import atomic_write_json
+
+        atomic_write_json(args.json, summary)
+    print(memory_report(), file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------- entry point
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_analyze_parser]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_analyze_parser, add_merge_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

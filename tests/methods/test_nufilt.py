@@ -279,7 +279,8 @@ def test_a_truncated_gram_run_still_reports_the_exact_first_and_last_loss():
     task_vector, init, previous_basis, task_basis, fixed_p, fixed_v = _lora_problem(10, 14, 12)
     _, values, vh = torch.linalg.svd(task_vector)
     factor = (vh[:, :2].mT, values[:, :2])
-    a, b, curve = fit_lora(task_vector, init, previous_basis, task_basis, fixed_p, fixed_v, 20, 1e-2, gram_factor=factor)
+    problem = (task_vector, init, previous_basis, task_basis, fixed_p, fixed_v, 20, 1e-2)
+    a, b, curve = fit_lora(*problem, gram_factor=factor)
     adapted = task_vector @ b
     true_loss = (fixed_p + adapted @ a @ previous_basis).pow(2).sum((-2, -1)) + (
         fixed_v - adapted @ a @ task_basis
@@ -287,7 +288,7 @@ def test_a_truncated_gram_run_still_reports_the_exact_first_and_last_loss():
     torch.testing.assert_close(curve[:, -1], true_loss)
     torch.testing.assert_close(curve[:, 0], fixed_p.pow(2).sum((-2, -1)) + fixed_v.pow(2).sum((-2, -1)))
     # the truncated loss inside the loop drops the tail of BᵀGB, so it differs from the true one
-    _, _, exact_curve = fit_lora(task_vector, init, previous_basis, task_basis, fixed_p, fixed_v, 20, 1e-2)
+    _, _, exact_curve = fit_lora(*problem)
     assert not torch.allclose(curve[:, 1:-1], exact_curve[:, 1:-1])
 
 
