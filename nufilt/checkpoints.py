@@ -60,10 +60,15 @@ def task_labels(paths: Sequence[Path]) -> list[str]:
     return [str(path) for path in paths]
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
+    target = out.resolve()
+    for path in inputs:
+        source = path.resolve()
+        if target == source or target in source.parents:
+            raise ValueError(f"--out {out} would overwrite the input {path}; write the merged model elsewhere")
     if out.exists() and not overwrite:
         if out.is_file() or any(out.iterdir()):
-            raise FileExistsError(f"{out} exists and is not empty; choose another path or pass overwrite")
+            raise FileExistsError(f"{out} exists and is not empty; choose another path or pass --overwrite")
 
 
 def _companion_files(pretrained: Path) -> list[Path]:
@@ -100,7 +105,7 @@ def merge_checkpoints(
     spec = method_spec(method, len(task_paths), None, {method: dict(options or {})}, **common)
     out_path = None if out is None else Path(out)
     if out_path is not None:
-        _check_out(out_path, overwrite)
+        _check_out(out_path, overwrite, [pretrained_path, *task_paths])
     start = time.perf_counter()
     merger = make_merger(spec.method, open_checkpoint(pretrained_path), **spec.options)
     steps, labels = [], task_labels(task_paths)

@@ -394,7 +394,7 @@ def _merge_options(items: Sequence[str], method: str) -> dict[str, Any]:
         if not eq or not target:
             raise UsageError(f"--option expects KEY=VALUE, got {item!r}")
         prefix, dot, key = target.rpartition(".")
-        if dot and prefix != method:
+        if dot and prefix != method and not (prefix == "nufilt" and method in ABLATIONS):
             raise UsageError(f"--option {item!r} is for {prefix!r}, but --method is {method!r}")
         options[key] = parse_value(value)
     return options

@@ -70,7 +70,7 @@ def test_the_cli_writes_a_folder_from_pretrained_loads_with_the_librarys_merge(c
 def test_a_safetensors_output_and_an_ablation_label(checkpoints, tmp_path, capsys):
     root, pretrained, tasks, paths = checkpoints
     out = tmp_path / "merged.safetensors"
-    assert main(_args(root, paths[:2], out, "--method", "null_space_only", "--option", "r_p=3")) == 0
+    assert main(_args(root, paths[:2], out, "--method", "null_space_only", "--option", "nufilt.r_p=3")) == 0
     expected = list(continual_merge(pretrained, tasks[:2], "nufilt", r_p=3, r_l=0))[-1]
     written = load_file(out)
     assert set(written) == set(expected)
@@ -116,6 +116,16 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(checkpoints, tmp_path
     _fails(capsys, _args(root, [paths[0], tmp_path / "nan.safetensors"], out), "NaN")
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_input_is_never_the_output_even_with_overwrite(checkpoints, tmp_path, capsys):
+    root, _, _, paths = checkpoints
+    before = {p: p.stat().st_mtime_ns for p in (root / "base").iterdir()}
+    _fails(capsys, _args(root, paths[:1], root / "base", "--overwrite"), "would overwrite the input")
+    _fails(capsys, _args(root, paths, paths[2], "--overwrite"), "would overwrite the input")
+    _fails(capsys, _args(root, paths[:1], root, "--overwrite"), "would overwrite the input")  # a parent
+    assert {p: p.stat().st_mtime_ns for p in (root / "base").iterdir()} == before
+    assert paths[2].exists()
 
 
 def test_an_existing_output_is_kept_unless_overwrite(checkpoints, tmp_path, capsys):
