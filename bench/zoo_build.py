@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--tasks must be in 1..{len(config.tasks)}")
         config = config.replace(tasks=config.tasks[: args.tasks])
     cache = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="nufilt-zoo-bench-"))
+    cache.mkdir(parents=True, exist_ok=True)
     try:
         if any(cache.iterdir()):
             parser.error(f"{cache} is not empty: the benchmark needs an empty cache")

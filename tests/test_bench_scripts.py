@@ -1,0 +1,38 @@
+"""The benchmark scripts stay runnable: `--help` of each, and the zoo-build benchmark end to end
+on the micro zoo (its table and accuracies; no timing is asserted)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((ROOT / "bench").glob("*.py"))
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
+def test_every_bench_script_has_a_help(script):
+    result = _run(str(script), "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout and "--quick" in result.stdout
+
+
+def test_the_zoo_build_benchmark_builds_the_micro_zoo_and_cleans_up(tmp_path):
+    kept = tmp_path / "zoo"
+    result = _run("bench/zoo_build.py", "--quick", "--keep", str(kept))
+    assert result.returncode == 0, result.stderr
+    for stage in ("task data", "pre-training", "heads", "fine-tuning 3 tasks", "second run"):
+        assert re.search(rf"^{stage}.*\d+\.\d$", result.stdout, re.MULTILINE), (stage, result.stdout)
+    pretrained, individual = map(float, re.search(r"pre-trained ([\d.]+), individual ([\d.]+)", result.stdout).groups())
+    assert individual > pretrained  # the micro zoo's fine-tuned models beat their heads on pre-trained features
+    assert any(kept.rglob("model.safetensors"))
+    again = _run("bench/zoo_build.py", "--quick", "--keep", str(kept))
+    assert again.returncode == 2 and "not empty" in again.stderr  # never builds over an existing cache
