@@ -130,14 +130,14 @@ def merge_checkpoints(
     if out_path is None:
         return {**summary, "state": merged}
     try:
-        _write(merged, pretrained_path, task_paths, out_path, spec, summary)
+        _write(merged, pretrained_path, out_path, spec, summary)
     finally:
         if hasattr(merged, "release"):  # a spilled θ̄T: its file in spill_dir is no longer needed
             merged.release(delete=True)
     return summary
 
 
-def _write(merged, pretrained_path: Path, task_paths: list[Path], out_path: Path, spec, summary: dict) -> None:
+def _write(merged, pretrained_path: Path, out_path: Path, spec, summary: dict) -> None:
     from .export import model_card
 
     metadata = {"nufilt_method": spec.label, "nufilt_tasks": json.dumps(summary["tasks"])}
