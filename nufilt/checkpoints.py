@@ -20,16 +20,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .export import CARD_FILE, INFO_FILE
 from .io import open_checkpoint, save_safetensors
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".index.json")
-SKIPPED_FILES = ("README.md", "nufilt_merge.json")
+SKIPPED_FILES = (CARD_FILE, INFO_FILE)  # the pre-trained folder's own card and merge record
 
 
 def _checked_inputs(pretrained: str | os.PathLike, tasks: Sequence[str | os.PathLike]) -> tuple[Path, list[Path]]:
@@ -138,25 +138,18 @@ def merge_checkpoints(
 
 
 def _write(merged, pretrained_path: Path, out_path: Path, spec, summary: dict) -> None:
-    from .export import model_card
+    from .export import publish_folder
 
     metadata = {"nufilt_method": spec.label, "nufilt_tasks": json.dumps(summary["tasks"])}
     if out_path.name.endswith(".safetensors"):
         save_safetensors(merged, out_path, metadata)
         return
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=f".{out_path.name}.tmp-"))
-    try:
+
+    def fill(staging: Path) -> None:
         save_safetensors(merged, staging / "model.safetensors", metadata)
         for path in _companion_files(pretrained_path):
             shutil.copy2(path, staging / path.name)
-        card = {"method": spec.label, "options": summary["options"], "order": [s["task"] for s in summary["steps"]],
-                "base_model": str(pretrained_path), "extra": {"inputs": ", ".join(summary["tasks"])}}
-        (staging / "README.md").write_text(model_card(card), encoding="utf-8")
-        (staging / "nufilt_merge.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-        if out_path.exists():
-            shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
-        os.replace(staging, out_path)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+
+    card = {"method": spec.label, "options": summary["options"], "order": [s["task"] for s in summary["steps"]],
+            "base_model": str(pretrained_path), "extra": {"inputs": ", ".join(summary["tasks"])}}
+    publish_folder(out_path, fill, card, summary)

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -78,6 +78,25 @@ def _write_weights(backbone: Backbone, state: StateDict, folder: Path) -> None:
         save_safetensors(state, folder / "model.safetensors")
 
 
+def publish_folder(out: Path, fill: Callable[[Path], None], card_info: Mapping, info: Mapping) -> Path:
+    """Make `out` appear complete or not at all: `fill(staging)` writes the weights (and any other
+    files) into a temporary folder beside it, the model card (from `card_info`) and `INFO_FILE`
+    (`info` as JSON) are added, and the folder replaces `out` by a rename."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        fill(staging)
+        (staging / CARD_FILE).write_text(model_card(card_info), encoding="utf-8")
+        (staging / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out
+
+
 def save_merged(
     backbone: Backbone,
     state: StateDict,
@@ -91,16 +110,4 @@ def save_merged(
         raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass overwrite=True")
     info = {"backbone": getattr(backbone, "name", None), **(card_info or {})}
     info.setdefault("base_model", getattr(backbone, "model_id", None))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        _write_weights(backbone, state, staging)
-        (staging / CARD_FILE).write_text(model_card(info), encoding="utf-8")
-        (staging / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return out
+    return publish_folder(out, lambda staging: _write_weights(backbone, state, staging), info, info)
