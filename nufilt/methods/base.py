@@ -32,6 +32,8 @@ class StepContext:
     info: dict[str, Any] = field(default_factory=dict)
     # Where new states live: plain dicts by default; files when the merger spills to disk.
     state_factory: Callable[[torch.dtype | None], MutableMapping[str, torch.Tensor]] | None = None
+    # storages of input tensors that `load` handed out unchanged: `output` copies those
+    _input_storages: set[int] = field(default_factory=set, repr=False)
 
     def new_state(self, dtype: torch.dtype | None = None) -> MutableMapping[str, torch.Tensor]:
         """An empty state to write results into (any key order); `dtype` overrides floating dtypes."""
@@ -41,9 +43,14 @@ class StepContext:
         """A tensor as float32 on the compute device.
 
         It may share memory with the input (float32 on the same device): treat it as read-only.
-        The contract tests check that no method modifies its inputs.
+        The contract tests check that no method modifies its inputs, and `output` copies such a
+        tensor, so a result never shares storage with an input.
         """
-        return state[key].to(device=self.device, dtype=torch.float32)
+        original = state[key]
+        value = original.to(device=self.device, dtype=torch.float32)
+        if value.untyped_storage().data_ptr() == original.untyped_storage().data_ptr():
+            self._input_storages.add(value.untyped_storage().data_ptr())
+        return value
 
     def task_vector(self, key: str) -> torch.Tensor:
         """τt = θt − θ0 for one key."""
@@ -54,8 +61,12 @@ class StepContext:
         return self.load(self.merged, key) - self.load(self.pretrained, key)
 
     def output(self, key: str, value: torch.Tensor) -> torch.Tensor:
-        """Bring a computed float32 tensor back to the pre-trained dtype on the CPU."""
-        return value.detach().to(device="cpu", dtype=self.pretrained[key].dtype)
+        """Bring a computed float32 tensor back to the pre-trained dtype on the CPU, as a tensor of
+        its own (a value that is an input, e.g. θ̄1 = θ1, is copied)."""
+        result = value.detach().to(device="cpu", dtype=self.pretrained[key].dtype)
+        if result.untyped_storage().data_ptr() in self._input_storages:
+            result = result.clone()
+        return result
 
     def floating_keys(self) -> list[str]:
         return [k for k in self.pretrained if self.pretrained[k].is_floating_point()]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nufilt.merge import continual_merge, make_merger
-from nufilt.methods import METHODS
+from nufilt.methods import ABLATIONS, METHODS
 from tests.factories import clone, held_elements, model_elements, synthetic_tasks, tiny_clip_state
 
 FAST = {"nufilt": {"r_p": 8, "r_l": 4, "steps": 5}, "wudi": {"steps": 5}}
@@ -66,3 +66,32 @@ def test_same_inputs_and_seed_give_bit_identical_results(zoo, method):
     runs = [list(continual_merge(pretrained, tasks[:3], method, seed=7, **FAST.get(method, {})))[-1] for _ in range(2)]
     for key in pretrained:
         assert torch.equal(runs[0][key], runs[1][key]), key
+
+
+def _storages(state) -> set[int]:
+    return {value.untyped_storage().data_ptr() for value in state.values()}
+
+
+ROWS = [(name, {}) for name in sorted(METHODS)] + [("nufilt", dict(opts)) for opts in ABLATIONS.values()]
+
+
+@pytest.mark.parametrize(("method", "options"), ROWS, ids=[f"{m}{'-' + '-'.join(map(str, o.values())) if o else ''}"
+                                                           for m, o in ROWS])
+def test_results_share_no_storage_with_inputs_or_each_other(zoo, method, options):
+    """The loop `model.load_state_dict(task); merger.add(model.state_dict())` must not turn θ̄1
+    into θ2: no yielded tensor may be an input's tensor or a view of one."""
+    pretrained, tasks = zoo
+    inputs = [clone(pretrained)] + [clone(t) for t in tasks[:3]]
+    outputs = list(continual_merge(inputs[0], inputs[1:], method, **{**FAST.get(method, {}), **options}))
+    input_storages = set().union(*(_storages(state) for state in inputs))
+    for step, merged in enumerate(outputs, start=1):
+        shared = _storages(merged) & input_storages
+        assert not shared, f"step {step}: {len(shared)} result tensor(s) share storage with an input"
+    kept = [{k: v.clone() for k, v in merged.items()} for merged in outputs]
+    for state in inputs:  # the caller reuses its buffers after the merge
+        for value in state.values():
+            value.add_(1.0)
+    for step, (merged, copy) in enumerate(zip(outputs, kept, strict=True), start=1):
+        for key in merged:
+            assert torch.equal(merged[key], copy[key]), f"step {step}: {key} changed with an input"
+    assert not (_storages(outputs[0]) & _storages(outputs[1])), "two steps' results share storage"
