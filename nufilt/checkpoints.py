@@ -10,9 +10,12 @@ atomically:
   preprocessor and tokenizer files; not its weights or model card) so `from_pretrained(out)`
   loads it, a `README.md` model card and `nufilt_merge.json` (method, options, inputs, per-step
   facts).
-Everything is checked before the first step (inputs exist, no input listed twice, `out` free), so
-a bad call fails at once and leaves nothing behind; a failing step (mismatched shapes, NaN/Inf
-weights, ...) raises before anything is written.
+Checkpoints laid out differently are lined up first (`nufilt.align`): a `CLIPModel` pre-trained
+folder with `CLIPVisionModel` task folders (or the reverse) merges the vision tower and keeps the
+rest of the pre-trained model; the output has the pre-trained folder's class and key names.
+Everything is checked before the first step (inputs exist, no input listed twice, `out` free, the
+layouts line up), so a bad call fails at once and leaves nothing behind; a failing step
+(mismatched shapes, NaN/Inf weights, ...) raises before anything is written.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .align import align, combine, subset
 from .export import CARD_FILE, INFO_FILE
 from .io import open_checkpoint, save_safetensors
 
@@ -107,10 +111,14 @@ def merge_checkpoints(
     if out_path is not None:
         _check_out(out_path, overwrite, [pretrained_path, *task_paths])
     start = time.perf_counter()
-    merger = make_merger(spec.method, open_checkpoint(pretrained_path), **spec.options)
+    pretrained_state = open_checkpoint(pretrained_path)
+    alignment, task_states = align(pretrained_state, [open_checkpoint(path) for path in task_paths])
+    if progress and alignment.describe():
+        progress(alignment.describe(), 0.0)
+    merger = make_merger(spec.method, subset(pretrained_state, alignment.merged_keys), **spec.options)
     steps, labels = [], task_labels(task_paths)
-    for i, (path, label) in enumerate(zip(task_paths, labels, strict=True), start=1):
-        merged = merger.add(open_checkpoint(path))
+    for i, (state, label) in enumerate(zip(task_states, labels, strict=True), start=1):
+        merged = merger.add(state)
         report = merger.report
         steps.append({"step": i, "task": label, "seconds": report.seconds,
                       "task_norm": report.task_norm, "merged_norm": report.merged_norm})
@@ -123,14 +131,20 @@ def merge_checkpoints(
         "pretrained": str(pretrained_path),
         "tasks": [str(path) for path in task_paths],
         "selected_layers": len(merger.selected),
+        "merged_tensors": len(alignment.merged_keys),
+        "kept_pretrained": alignment.carried_parts,
+        "layout_note": alignment.describe(),
         "steps": steps,
         "seconds": time.perf_counter() - start,
         "out": None if out_path is None else str(out_path),
     }
+    whole = combine(pretrained_state, merged, list(pretrained_state)) if alignment.carried_keys else merged
     if out_path is None:
-        return {**summary, "state": merged}
+        carried = set(alignment.carried_keys)
+        state = {key: whole[key].clone() if key in carried else whole[key] for key in whole}
+        return {**summary, "state": state}
     try:
-        _write(merged, pretrained_path, out_path, spec, summary)
+        _write(whole, pretrained_path, out_path, spec, summary)
     finally:
         if hasattr(merged, "release"):  # a spilled θ̄T: its file in spill_dir is no longer needed
             merged.release(delete=True)

@@ -89,13 +89,15 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--backbone", default="tiny-vit", help="backbone spec (default: tiny-vit, the offline zoo)")
-    parser.add_argument("--tasks", type=int, default=8, metavar="N", help="number of tasks: 8, 14 or 20 (default: 8)")
+    parser.add_argument("--tasks", type=int, default=8, metavar="N",
+                        help="number of tasks (default: 8); 8, 14 and 20 have the paper's orders, others seeded ones")
     order_group = parser.add_mutually_exclusive_group()
     order_group.add_argument(
         "--orders",
         default="1,2,3",
         metavar="LIST",
-        help="the paper's task orders by 1-based index: '1,2,3', '1-10' or 'all' (default: 1,2,3)",
+        help="task orders by 1-based index: '1,2,3', '1-10' or 'all' (default: 1,2,3); the paper's "
+        "ten for 8, 14, 20 tasks, else order 1 = the backbone's task order and 2-10 seeded permutations",
     )
     order_group.add_argument(
         "--order",
@@ -203,6 +205,7 @@ def run_command(args: argparse.Namespace) -> int:
         paper_orders,
         parse_order_indices,
         run_benchmark,
+        task_orders,
     )
 
     if args.tasks < 1:
@@ -227,7 +230,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.order:
             orders = [check_order(_split_list(text), names, len(names)) for text in args.order]
         else:
-            orders = paper_orders(names, parse_order_indices(args.orders))
+            orders = paper_orders(names, parse_order_indices(args.orders, len(task_orders(names))))
         _check_option_targets(overrides, labels)
         recommended = getattr(backbone, "recommended_options", {})
         specs = [method_spec(label, len(names), recommended, overrides, device=args.device) for label in labels]
@@ -422,8 +425,8 @@ def merge_command(args: argparse.Namespace) -> int:
         summary = merge_checkpoints(args.pretrained, args.tasks, args.method, args.out,
                                     options=_merge_options(args.option, args.method), overwrite=args.overwrite,
                                     progress=progress, **common)
-    except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, UnsafeCheckpointError) as error:
-        raise UsageError(str(error).strip("'\"")) from None
+    except USER_ERRORS as error:
+        raise UsageError(error_line(error)) from None
     print(f"merged {len(summary['tasks'])} task(s) with {summary['method']} "
           f"({summary['selected_layers']} layers by the method's rule) in {summary['seconds']:.1f} s; wrote {args.out}")
     if args.json is not None:
@@ -450,17 +453,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exceptions that mean "the input is wrong" (bad paths, files, layouts, values): exit 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, ValueError, TypeError, KeyError, OSError)
+
+
+def error_line(error: BaseException) -> str:
+    """One line for an exception: its message (KeyError's quotes removed), else its type."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    text = " ".join(text.split())
+    return text or type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Errors never end in a traceback: a bad argument, path, file or layout
+    exits 2 with one line on stderr, a hub that cannot be reached exits 1, anything else (a bug)
+    exits 1 with one line, and NUFILT_DEBUG=1 re-raises it with the traceback."""
+    import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
     from .backbones.hub import HubUnavailableError
 
+    prog = f"{parser.prog} {args.command}"
     try:
         return args.handler(args)
-    except UsageError as error:
-        prog = f"{parser.prog} {args.command}"
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
     except HubUnavailableError as error:  # no network or cache: a message, not a traceback
-        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
+        return 1
+    except USER_ERRORS as error:
+        print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if os.environ.get("NUFILT_DEBUG"):
+            raise
+        print(f"{prog}: internal error: {type(error).__name__}: {error_line(error)} "
+              "(NUFILT_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1

@@ -16,6 +16,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .backbones.base import Backbone
 from .merge import make_merger
 from .methods import ABLATIONS, COMMON_OPTIONS, METHODS, paper_options
@@ -64,25 +66,51 @@ def paper_task_counts() -> list[int]:
     return sorted(int(n) for n in _orders_file()["orders"])
 
 
-def paper_orders(tasks: Sequence[str], which: Sequence[int] | None = None) -> list[list[str]]:
-    """The paper's task orders for len(tasks) ∈ {8, 14, 20}, mapped onto `tasks` by position.
+ORDER_COUNT = 10  # orders per task count: the paper's ten, or as many seeded ones
 
-    Paper dataset id i (1-based, `task_orders.json`) becomes `tasks[i - 1]`. `which` picks
-    orders by 1-based index (default: all ten).
+
+def task_orders(tasks: Sequence[str]) -> list[list[str]]:
+    """All task orders for `tasks`: the paper's ten for 8, 14 or 20 tasks, else seeded ones.
+
+    Paper dataset id i (1-based, `task_orders.json`) becomes `tasks[i - 1]`. For any other count
+    n, order 1 is `tasks` as given and orders 2..10 are distinct permutations drawn from a
+    generator seeded by (n, order index), so they are the same on every machine; with n! < 10
+    there are only n! distinct orders.
     """
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("no tasks to order")
     orders = _orders_file()["orders"].get(str(len(tasks)))
-    if orders is None:
-        counts = ", ".join(map(str, paper_task_counts()))
-        raise ValueError(f"the paper has task orders for {counts} tasks, not {len(tasks)}")
+    if orders is not None:
+        return [[tasks[i - 1] for i in order] for order in orders]
+    result = [tasks]
+    seen = {tuple(range(len(tasks)))}
+    possible = math.factorial(len(tasks)) if len(tasks) < 10 else ORDER_COUNT
+    for index in range(2, min(ORDER_COUNT, possible) + 1):
+        rng = np.random.default_rng([len(tasks), index])
+        while (permutation := tuple(int(i) for i in rng.permutation(len(tasks)))) in seen:
+            pass
+        seen.add(permutation)
+        result.append([tasks[i] for i in permutation])
+    return result
+
+
+def paper_orders(tasks: Sequence[str], which: Sequence[int] | None = None) -> list[list[str]]:
+    """Orders of `task_orders(tasks)` by 1-based index (default: all of them)."""
+    orders = task_orders(tasks)
     which = list(range(1, len(orders) + 1)) if which is None else list(which)
     if not which:
         raise ValueError("no task orders selected")
+    source = "the paper's" if len(orders[0]) in paper_task_counts() else "seeded"
     for index in which:
         if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= len(orders):
-            raise ValueError(f"paper order index must be in 1..{len(orders)}, got {index!r}")
+            raise ValueError(
+                f"order index must be in 1..{len(orders)} ({len(orders)} {source} orders of "
+                f"{len(orders[0])} tasks), got {index!r}"
+            )
     if len(set(which)) != len(which):
-        raise ValueError(f"paper order indices repeat: {which}")
-    return [[tasks[i - 1] for i in orders[index - 1]] for index in which]
+        raise ValueError(f"order indices repeat: {which}")
+    return [orders[index - 1] for index in which]
 
 
 def check_order(order: Sequence[str], tasks: Sequence[str], length: int | None = None) -> list[str]:

@@ -79,6 +79,32 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
         return {key: self[key].clone() for key in self}
 
 
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> object:
+    """Parse a JSON file; ValueError naming the file (and the line) when it is not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a valid {what} ({error})") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """One JSON object per non-empty line; ValueError naming the file and line otherwise."""
+    path = Path(path)
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
 def pick_keys(checkpoint: LazyStateDict, wanted: Iterable[str], prefixes: Iterable[str] = ("",)) -> LazyStateDict:
     """The `wanted` keys of `checkpoint`, under the first of `prefixes` that holds all of them.
 
@@ -107,8 +133,14 @@ def _safetensors_reader(path: Path) -> Callable[[str], torch.Tensor]:
 
 
 def safetensors_keys(path: str | os.PathLike) -> list[str]:
-    with safe_open(str(path), framework="pt", device="cpu") as handle:
-        return list(handle.keys())
+    """The tensor names of a safetensors file; ValueError naming the file if it is not one."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return list(handle.keys())
+    except OSError:
+        raise
+    except Exception as error:  # safetensors' own error type for a bad header or a cut file
+        raise ValueError(f"{path} is not a readable safetensors file ({error})") from None
 
 
 def _lazy_safetensors(files: Iterable[Path]) -> LazyStateDict:
@@ -136,11 +168,14 @@ def load_pickle_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(
             f"{path} holds pickled Python objects (e.g. a whole nn.Module), which nufilt will not "
-            "unpickle. If you trust the file, convert it once to a plain state dict:\n"
-            '  python -c "import torch, safetensors.torch as st; '
+            "unpickle; if you trust the file, convert it once to a plain state dict: "
+            'python -c "import torch, safetensors.torch as st; '
             f"m = torch.load('{path}', weights_only=False); "
             "st.save_file({k: v.contiguous() for k, v in m.state_dict().items()}, 'out.safetensors')\""
         ) from error
+    except Exception as error:  # a cut, corrupt or non-PyTorch file (each fails in its own way)
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({first_line})") from None
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -158,8 +193,16 @@ def _in_memory(state: dict[str, torch.Tensor]) -> LazyStateDict:
 
 
 def _index_files(index_path: Path) -> list[Path]:
-    weight_map = json.loads(index_path.read_text())["weight_map"]
-    return [index_path.parent / name for name in dict.fromkeys(weight_map.values())]
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+        names = list(dict.fromkeys(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{index_path} is not a shard index (JSON with a 'weight_map' of tensor -> file)") from None
+    files = [index_path.parent / str(name) for name in names]
+    missing = [path.name for path in files if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{index_path} names shard(s) that are not there: {', '.join(missing[:3])}")
+    return files
 
 
 def find_checkpoint_file(folder: str | os.PathLike) -> Path:

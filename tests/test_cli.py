@@ -68,7 +68,7 @@ def test_run_writes_the_documented_json_schema(micro_zoo, micro_zoo_dir, tmp_pat
         (["--order", "bar-position,bar-position,ring-count"], "more than once"),
         (["--order", "bar-position,ring-count"], "expected 3"),
         (["--order", "bar-position,ring-count,sun397"], "unknown task"),
-        (["--orders", "1,2"], "task orders for 8, 14, 20"),  # the micro zoo has 3 tasks
+        (["--orders", "7"], "order index must be in 1..6 (6 seeded orders of 3 tasks)"),  # 3! = 6
         (["--tasks", "0"], "--tasks must be positive"),
         (["--tasks", "5"], "n_tasks must be an integer in 1..3"),
         (["--preset", "huge"], "unknown zoo preset"),

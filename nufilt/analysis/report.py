@@ -59,7 +59,7 @@ def analyze(
     backbone = CachedBackbone(backbone)
     names = [t.name for t in backbone.tasks]
     if order is None:
-        order = paper_orders(names, [1])[0] if len(names) in (8, 14, 20) else names
+        order = paper_orders(names, [1])[0]
     order = check_order(order, names)
     pretrained = backbone.pretrained_state()
     keys = selected_layers(pretrained)

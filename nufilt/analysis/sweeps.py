@@ -96,7 +96,7 @@ def rank_sweep(
     fixed.pop(parameter, None)
     names = [t.name for t in backbone.tasks]
     if orders is None:
-        orders = paper_orders(names, [1]) if len(names) in (8, 14, 20) else [names]
+        orders = paper_orders(names, [1])
     if not values or not orders:
         raise ValueError("a sweep needs at least one value and one task order")
     cached = CachedBackbone(backbone)

@@ -16,11 +16,10 @@ so loading, evaluation and export run the same code.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from ..io import PICKLE_SUFFIXES
+from ..io import PICKLE_SUFFIXES, read_json
 from .base import Backbone
 from .clip import ClipBackbone, available_tasks, clip_task_specs, match_task
 from .openclip import PRETRAINED_STEMS, TASK_ALIASES, OpenClipBackbone
@@ -51,7 +50,9 @@ def make_backbone(argument: str, **kwargs) -> Backbone:
     if not root.is_dir():
         raise FileNotFoundError(f"local backbone folder not found: {root}")
     manifest_path = root / "nufilt.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = read_json(manifest_path, "nufilt.json manifest") if manifest_path.is_file() else {}
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{manifest_path}: expected a JSON object")
     is_open_clip = (root / "open_clip_config.json").is_file() or any(
         (root / f"{stem}{suffix}").is_file() for stem in PRETRAINED_STEMS for suffix in WEIGHT_SUFFIXES
     )
@@ -66,7 +67,9 @@ def make_backbone(argument: str, **kwargs) -> Backbone:
             f"{root}: expected a `pretrained/` save_pretrained folder with config.json "
             "(or an open_clip folder with open_clip_config.json); see README, 'Real backbones'"
         )
-    config = json.loads(config_path.read_text())
+    config = read_json(config_path, "model config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a JSON object")
     model_type = config.get("model_type")
     name = f"local:{root}"
     if model_type == "clip":

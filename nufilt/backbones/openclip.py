@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..io import PICKLE_SUFFIXES, LazyStateDict, open_checkpoint, pick_keys, save_safetensors
+from ..io import PICKLE_SUFFIXES, LazyStateDict, open_checkpoint, pick_keys, read_json, save_safetensors
 from .base import StateDict
 from .clip import ClipBackbone, available_tasks, clip_task_specs, match_task, zero_shot_head
 from .hub import quiet_transformers
@@ -111,7 +111,9 @@ class OpenClipBackbone(ClipBackbone):
 
         path = self.root / "open_clip_config.json"
         if path.is_file() and self.model_name is None:
-            config = json.loads(path.read_text())
+            config = read_json(path, "open_clip config")
+            if not isinstance(config, dict):
+                raise ValueError(f"{path}: expected a JSON object")
             return {"model_cfg": config.get("model_cfg", config), "preprocess_cfg": config.get("preprocess_cfg", {})}
         name = self.model_name or "ViT-B-32-quickgelu"
         model_cfg = open_clip.get_model_config(name)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..io import LazyStateDict, open_checkpoint, pick_keys
+from ..io import LazyStateDict, open_checkpoint, pick_keys, read_jsonl
 from .base import Backbone, StateDict, TaskInfo
 from .clip import _no_init, select_tasks
 from .hub import (
@@ -226,7 +226,7 @@ class T5Backbone(Backbone):
             path = Path(self.data_dir) / task / f"{split}.jsonl"
             if not path.is_file():
                 raise FileNotFoundError(f"no local {split!r} split for task {task!r}: {path} is missing")
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            rows = read_jsonl(path)
         else:
             hub_split = spec["split"] if split == "test" else split
             rows = load_hf_dataset(spec["dataset"], spec["config"], hub_split, self.cache_dir)
