@@ -407,7 +407,6 @@ def merge_command(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoints import merge_checkpoints
-    from .io import UnsafeCheckpointError
     from .memory import memory_report
 
     if args.threads is not None:
