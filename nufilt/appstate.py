@@ -37,10 +37,10 @@ from .backbones.base import Backbone, DelegatingBackbone, StateDict
 from .evaluation import MethodSpec, acc_bwt, check_order, method_spec, paper_orders, parse_order_indices
 from .merge import make_merger, resolve_device
 from .methods import ABLATIONS, COMMON_OPTIONS, METHODS, get_method
+from .threads import ENV_THREADS, default_threads
 
 ProgressFn = Callable[[str, float], None]
 ENV_PRESET = "NUFILT_ZOO_PRESET"  # tiny-vit zoo preset for the app ("default"; tests use "micro")
-ENV_THREADS = "NUFILT_THREADS"  # torch threads of the app process (default 1, see `app_threads`)
 PAPER_GROUPS = (8, 14, 20)
 
 # ---------------------------------------------------------------- backbones
@@ -211,18 +211,12 @@ def zoo_ready(backbone: Backbone) -> bool:
 
 
 def app_threads() -> int:
-    """Torch CPU threads for the app: `$NUFILT_THREADS`, default 1.
+    """Torch CPU threads for the app: `$NUFILT_THREADS`, default 1 (`nufilt.threads`).
 
-    The app runs several things at once (sessions, the background build), and the zoo's small
-    matrices gain little from a second thread while two busy threads per operation on a busy
-    2-core machine slow SVDs and merges by 10x and more; one thread keeps steps predictable.
+    The app runs several things at once (sessions, the background build); one thread keeps
+    steps predictable on a shared machine.
     """
-    value = os.environ.get(ENV_THREADS, "").strip()
-    if not value:
-        return 1
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{ENV_THREADS} must be a positive integer, got {value!r}")
-    return int(value)
+    return default_threads()
 
 
 def device_summary(device: str = "auto") -> str:

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from .methods import ABLATIONS, METHODS
 
+THREADS_HELP = "torch CPU threads (default: $NUFILT_THREADS, else 1: the fast choice on a shared machine)"
 DEFAULT_METHODS = ("weight_average", "task_arithmetic", "ties", "magmax", "opcm", "wudi", "nufilt")
 
 
@@ -122,7 +123,7 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, metavar="PATH", help="write the results as JSON here")
     parser.add_argument("--preset", default="default", help="tiny-vit zoo preset: default or micro (default: default)")
     parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache folder (default: ./cache)")
-    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     parser.add_argument("--device", default="auto", help="merge device: auto, cpu or cuda (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress output on stderr")
     parser.add_argument(
@@ -196,7 +197,6 @@ def _stderr_progress(quiet: bool) -> Callable[[str, float], None] | None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    import torch
 
     from .evaluation import (
         check_order,
@@ -210,8 +210,6 @@ def run_command(args: argparse.Namespace) -> int:
 
     if args.tasks < 1:
         raise UsageError(f"--tasks must be positive, got {args.tasks}")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be positive, got {args.threads}")
     labels = _resolve_methods(args.methods)
     overrides = parse_options(args.option)
     if args.out is not None and args.out.is_dir():
@@ -219,8 +217,6 @@ def run_command(args: argparse.Namespace) -> int:
     if args.save is not None and args.save.exists() and (not args.save.is_dir() or any(args.save.iterdir())):
         raise UsageError(f"--save {args.save} exists and is not an empty folder")
     progress = _stderr_progress(args.quiet)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     try:
         # in a terminal tqdm shows the zoo build; elsewhere (logs, the app) the callback does
         backbone = _make_backbone(args, None if sys.stderr.isatty() else progress)
@@ -307,14 +303,13 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, metavar="PATH", help="write the analysis as JSON here")
     parser.add_argument("--preset", default="default", help="tiny-vit zoo preset: default or micro (default: default)")
     parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache folder (default: ./cache)")
-    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     parser.add_argument("--device", default="auto", help="merge device: auto, cpu or cuda (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress output on stderr")
     parser.set_defaults(handler=analyze_command, data_dir=None, max_samples=None)
 
 
 def analyze_command(args: argparse.Namespace) -> int:
-    import torch
 
     from .analysis import analyze
     from .analysis.activations import clamp_samples
@@ -323,8 +318,6 @@ def analyze_command(args: argparse.Namespace) -> int:
     sweeps = _split_list(args.sweep)
     if any(name not in ("r_p", "r_l", "r_v") for name in sweeps):
         raise UsageError(f"--sweep takes r_p, r_l and/or r_v, got {args.sweep!r}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     progress = _stderr_progress(args.quiet)
     try:
         # in a terminal tqdm shows the zoo build; elsewhere (logs, the app) the callback does
@@ -384,7 +377,7 @@ def add_merge_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder, or a .safetensors file")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary JSON here")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     parser.add_argument("--quiet", action="store_true", help="no per-step lines on stderr")
     parser.set_defaults(handler=merge_command)
 
@@ -404,15 +397,10 @@ def _merge_options(items: Sequence[str], method: str) -> dict[str, Any]:
 
 
 def merge_command(args: argparse.Namespace) -> int:
-    import torch
 
     from .checkpoints import merge_checkpoints
     from .memory import memory_report
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be positive, got {args.threads}")
-        torch.set_num_threads(args.threads)
     common: dict[str, Any] = {"device": args.device, "seed": args.seed}
     if args.layers is not None:
         common["layers"] = args.layers
@@ -452,6 +440,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    """--threads, else $NUFILT_THREADS, else 1 (nufilt.threads), for the whole command."""
+    import torch
+
+    from .threads import default_threads
+
+    if args.threads is None:
+        args.threads = default_threads()
+    if args.threads < 1:
+        raise UsageError(f"--threads must be positive, got {args.threads}")
+    torch.set_num_threads(args.threads)
+
+
 # Exceptions that mean "the input is wrong" (bad paths, files, layouts, values): exit 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, ValueError, TypeError, KeyError, OSError)
 
@@ -475,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     prog = f"{parser.prog} {args.command}"
     try:
+        _set_threads(args)
         return args.handler(args)
     except HubUnavailableError as error:  # no network or cache: a message, not a traceback
         print(f"{prog}: error: {error_line(error)}", file=sys.stderr)

@@ -48,7 +48,8 @@ def files(tmp_path_factory):
     save_file(good, str(two / "b.safetensors"))
     index = root / "broken-index"
     index.mkdir()
-    (index / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"layer.weight": "gone.safetensors"}}))
+    weight_map = {"weight_map": {"layer.weight": "gone.safetensors"}}
+    (index / "model.safetensors.index.json").write_text(json.dumps(weight_map))
     bad_json = root / "bad-json-index"
     bad_json.mkdir()
     (bad_json / "model.safetensors.index.json").write_text("{")

@@ -68,21 +68,9 @@ def _quiet_transformers():
 # ---------------------------------------------------------------- model and data
 
 
+from ..threads import torch_threads  # noqa: E402 (re-exported for the backbone)
+
 BUILD_THREADS = 1  # training runs single-threaded: the zoo must not depend on the caller's thread count
-
-
-@contextmanager
-def torch_threads(count: int | None):
-    """Run the block with `count` torch CPU threads (None: leave the setting alone), then restore."""
-    if count is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _build_threads():
