@@ -56,6 +56,26 @@ def _json_default(value: object) -> object:
 # ---------------------------------------------------------------- atomic single-file writes
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the system tells (Linux /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and put back at once
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: str | Path) -> None:
+    """Give a file or folder made by mkstemp/mkdtemp (0600/0700) the mode a plain open/mkdir
+    would have given it (0666/0777 less the umask), as `save_pretrained` does."""
+    base = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, base & ~current_umask())
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, fsync, then `os.replace` it into place."""
     path = Path(path)
@@ -66,6 +86,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+        public_mode(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -202,6 +223,7 @@ def ensure_entry(folder: str | Path, build: Callable[[Path], None], deep: bool =
         try:
             build(temporary)
             write_integrity(temporary)
+            public_mode(temporary)
             os.replace(temporary, folder)
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import __version__
 from .backbones.base import Backbone, StateDict
+from .cache import public_mode
 from .io import save_safetensors
 
 CARD_FILE = "README.md"
@@ -88,6 +89,7 @@ def publish_folder(out: Path, fill: Callable[[Path], None], card_info: Mapping, 
         fill(staging)
         (staging / CARD_FILE).write_text(model_card(card_info), encoding="utf-8")
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+        public_mode(staging)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(staging, out)

@@ -20,6 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .cache import public_mode
+
 # file names a `save_pretrained` folder may hold, best first
 _FOLDER_FILES = (
     "model.safetensors",
@@ -272,6 +274,7 @@ def save_safetensors(
     os.close(fd)
     try:
         save_file(_independent_tensors(state), tmp, metadata=meta)
+        public_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

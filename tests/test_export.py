@@ -84,3 +84,30 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path):
     with pytest.raises(RuntimeError):
         save_merged(backbone, {"weight": torch.zeros(5, 5)}, tmp_path / "merged")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_and_folders_honour_the_umask(tmp_path):
+    """mkstemp/mkdtemp make 0600/0700 entries; a merged model must be readable by others as a
+    save_pretrained folder would be (0644/0755 under umask 022, 0640/0750 under 027)."""
+    import os
+    import stat
+
+    from nufilt.checkpoints import merge_checkpoints
+    from nufilt.io import save_safetensors
+
+    base = {"w": torch.randn(3, 3)}
+    save_safetensors(base, tmp_path / "base.safetensors")
+    save_safetensors({"w": base["w"] + 1}, tmp_path / "task.safetensors")
+    for umask, file_mode, dir_mode in ((0o022, 0o644, 0o755), (0o027, 0o640, 0o750)):
+        old = os.umask(umask)
+        try:
+            out = tmp_path / f"merged-{umask:o}"
+            merge_checkpoints(tmp_path / "base.safetensors", [tmp_path / "task.safetensors"], "task_arithmetic", out)
+            single = tmp_path / f"merged-{umask:o}.safetensors"
+            merge_checkpoints(tmp_path / "base.safetensors", [tmp_path / "task.safetensors"], "task_arithmetic",
+                              single)
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(out.stat().st_mode) == dir_mode
+        for path in [*out.iterdir(), single]:
+            assert stat.S_IMODE(path.stat().st_mode) == file_mode, path.name
