@@ -148,7 +148,9 @@ class AppBackbone(DelegatingBackbone):
         return scores
 
     def reference(self) -> dict[str, dict[str, float]]:
-        with self._lock:
+        """The inner reference rows; may build or load models, so it waits for (and holds) the
+        preparation lock like a `PrepareJob`, and never runs a second build beside one."""
+        with _PREPARE_LOCK, self._lock:
             return self.inner.reference()
 
 
@@ -232,7 +234,7 @@ def device_summary(device: str = "auto") -> str:
 
 # ---------------------------------------------------------------- building / loading in the background
 
-_PREPARE_LOCK = threading.Lock()  # one build at a time: they compete for the same cores
+_PREPARE_LOCK = threading.RLock()  # one build at a time: they compete for the same cores
 
 
 class PrepareJob:
@@ -253,6 +255,8 @@ class PrepareJob:
         self._guard = threading.Lock()
 
     def start(self) -> None:
+        """Start the build, or start it again after a failure; a no-op while it runs or when it
+        is done. Safe to call from several sessions at once: one thread is started."""
         with self._guard:
             if self.state in ("running", "ready"):
                 return
@@ -268,6 +272,12 @@ class PrepareJob:
     def _progress(self, message: str, fraction: float) -> None:
         self.message, self.fraction = message, min(max(float(fraction), 0.0), 1.0)
 
+    def _finish(self, state: str, error: str | None = None) -> None:
+        with self._guard:
+            self.state, self.error = state, error
+            if state == "ready":
+                self.message, self.fraction = "ready", 1.0
+
     def _run(self) -> None:
         start = time.perf_counter()
         try:
@@ -280,11 +290,11 @@ class PrepareJob:
                 else:
                     self._progress("loading and checking every model", 0.05)
                     prepare()
-            self.state, self.message, self.fraction = "ready", "ready", 1.0
-        except Exception as error:  # shown to the user as st.error; the app keeps working
-            self.state, self.error = "failed", f"{type(error).__name__}: {error}"
-        finally:
             self.seconds = time.perf_counter() - start
+            self._finish("ready")
+        except Exception as error:  # shown to the user as st.error; the app keeps working
+            self.seconds = time.perf_counter() - start
+            self._finish("failed", f"{type(error).__name__}: {error}")
 
 
 # ---------------------------------------------------------------- task orders

@@ -118,8 +118,7 @@ def prepare_panel(job: appstate.PrepareJob, autostart: bool) -> bool:
     if job.state == "failed":
         st.error(f"Loading the backbone failed: {job.error}")
         if st.button("Try again", key="prepare.retry"):
-            job.state = "idle"
-            job.start()
+            job.start()  # restarts a failed job under its lock (another session may have already)
             st.rerun()
         return False
     if job.state == "idle":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,23 @@ SOURCES = ("pretrained", "finetuned")
 CACHE_VERSION = 1
 _MEMORY: OrderedDict[str, dict[str, LayerStatistics]] = OrderedDict()
 _MEMORY_SIZE = 64
+_MEMORY_LOCK = threading.Lock()  # app sessions share the memo
+
+
+def _recall(key: str) -> dict[str, LayerStatistics] | None:
+    with _MEMORY_LOCK:
+        if key not in _MEMORY:
+            return None
+        _MEMORY.move_to_end(key)
+        return dict(_MEMORY[key])
+
+
+def _remember(key: str, stats: dict[str, LayerStatistics]) -> None:
+    with _MEMORY_LOCK:
+        _MEMORY[key] = stats
+        _MEMORY.move_to_end(key)
+        while len(_MEMORY) > _MEMORY_SIZE:
+            _MEMORY.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -236,9 +254,9 @@ def activation_statistics(
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / "activations" / f"{backbone.name.replace(':', '_').replace('/', '_')}-{config_hash(identity)}"
     memo_key = str(folder)
-    if use_cache and memo_key in _MEMORY:
-        _MEMORY.move_to_end(memo_key)
-        return dict(_MEMORY[memo_key])
+    remembered = _recall(memo_key) if use_cache else None
+    if remembered is not None:
+        return remembered
 
     def compute() -> dict[str, LayerStatistics]:
         encoder = backbone.build_encoder(state)
@@ -259,9 +277,7 @@ def activation_statistics(
 
     ensure_entry(folder, build)
     stats = _load(folder, keys)
-    _MEMORY[memo_key] = stats
-    while len(_MEMORY) > _MEMORY_SIZE:
-        _MEMORY.popitem(last=False)
+    _remember(memo_key, stats)
     return dict(stats)
 
 
@@ -288,4 +304,5 @@ def task_statistics(
 
 def clear_memory_cache() -> None:
     """Forget the in-memory copies (the disk cache stays)."""
-    _MEMORY.clear()
+    with _MEMORY_LOCK:
+        _MEMORY.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,19 +24,23 @@ class CachedBackbone(DelegatingBackbone):
 
     def __init__(self, inner: Backbone) -> None:
         super().__init__(inner.inner if isinstance(inner, CachedBackbone) else inner)
-        self._states: dict[str | None, dict[str, torch.Tensor]] = (
-            inner._states if isinstance(inner, CachedBackbone) else {}
-        )
+        shared = isinstance(inner, CachedBackbone)
+        self._states: dict[str | None, dict[str, torch.Tensor]] = inner._states if shared else {}
+        # sessions share one cache: a model is loaded once even when two ask for it at once
+        self._load_lock: threading.Lock = inner._load_lock if shared else threading.Lock()
+
+    def _state(self, task: str | None) -> dict[str, torch.Tensor]:
+        with self._load_lock:
+            if task not in self._states:
+                loaded = self.inner.pretrained_state() if task is None else self.inner.finetuned_state(task)
+                self._states[task] = dict(loaded)
+            return dict(self._states[task])
 
     def pretrained_state(self) -> dict[str, torch.Tensor]:
-        if None not in self._states:
-            self._states[None] = self.inner.pretrained_state()
-        return dict(self._states[None])
+        return self._state(None)
 
     def finetuned_state(self, task: str) -> dict[str, torch.Tensor]:
-        if task not in self._states:
-            self._states[task] = self.inner.finetuned_state(task)
-        return dict(self._states[task])
+        return self._state(task)
 
 
 @dataclass
