@@ -333,6 +333,9 @@ def resolve_order(tasks: Sequence[str], mode: str, paper_index: int = 1, seed: i
     """The merge order for `mode` (see `ORDER_MODES`); ValueError with the reason for bad input."""
     tasks = list(tasks)
     if mode == "paper":
+        if len(tasks) not in PAPER_GROUPS:
+            raise ValueError(f"the paper has task orders for {', '.join(map(str, PAPER_GROUPS))} tasks, "
+                             f"not {len(tasks)}")
         return paper_orders(tasks, [paper_index])[0]
     if mode == "random":
         order = list(tasks)
@@ -890,13 +893,19 @@ def export_safetensors(state: StateDict, card_info: Mapping[str, Any]) -> bytes:
         return path.read_bytes()
 
 
-def save_to_folder(backbone: Backbone, state: StateDict, folder: str, card_info: Mapping[str, Any]) -> Path:
-    """`export.save_merged` to a folder the user typed (FileExistsError if it is not empty)."""
+def save_to_folder(backbone: Backbone, state: StateDict, folder: str, card_info: Mapping[str, Any],
+                   roots: Sequence[Path] | None = None) -> Path:
+    """`export.save_merged` to a folder the user typed (FileExistsError if it is not empty),
+    which must lie inside `roots` when they are given (`nufilt.roots`)."""
     from .export import save_merged
+    from .roots import check_allowed
 
     if not folder.strip():
         raise ValueError("type a folder to save the merged model to")
-    return save_merged(backbone, state, Path(os.path.expanduser(folder.strip())), card_info)
+    target = Path(os.path.expanduser(folder.strip()))
+    if roots is not None:
+        target = check_allowed(folder, roots, "folder to save to")
+    return save_merged(backbone, state, target, card_info)
 
 
 __all__ = [

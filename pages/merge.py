@@ -64,12 +64,15 @@ else:
         file_name=f"nufilt-{label}-{len(card['order'])}tasks.safetensors", mime="application/octet-stream",
         key="merge.safetensors", on_click="ignore",
     )
-    folder_col, button_col = st.columns([3, 1], vertical_alignment="bottom")
-    folder = folder_col.text_input("Or save it to a folder on this machine", key="merge.folder",
-                                   placeholder="/path/to/new/folder")
-    if button_col.button("Save", key="merge.save"):
-        try:
-            path = appstate.save_to_folder(backbone, state, folder, card)
-            st.success(f"Saved to {path}")
-        except (OSError, ValueError) as error:
-            st.error(f"Could not save: {error}")
+    if not ui.roots():
+        st.caption("Saving to a folder on the server is off: the server allows no folders (`NUFILT_ALLOWED_ROOTS`).")
+    else:
+        folder_col, button_col = st.columns([3, 1], vertical_alignment="bottom")
+        folder = folder_col.text_input("Or save it to a folder on this machine", key="merge.folder",
+                                       placeholder="/path/to/new/folder", help=f"inside {ui.roots_text()}")
+        if button_col.button("Save", key="merge.save"):
+            try:
+                path = appstate.save_to_folder(backbone, state, folder, card, roots=ui.roots())
+                st.success(f"Saved to {path}")
+            except (OSError, ValueError) as error:
+                st.error(f"Could not save: {error}")

@@ -25,7 +25,8 @@ left.selectbox("Backbone", list(choices), format_func=lambda spec: choices[spec]
 choice = choices[ui.setting("backbone")]
 left.caption(f"**Needs:** {choice.needs}.")
 if choice.takes_path:
-    left.text_input("Folder", key="setup.path", placeholder="/path/to/checkpoints", **KEEP)
+    left.text_input("Folder", key="setup.path", placeholder="/path/to/checkpoints",
+                    help=f"a folder inside {ui.roots_text()} (the folders this server allows)", **KEEP)
 if not choice.offline:
     left.text_input("Local test sets (optional; default: the Hub)", key="setup.data_dir", placeholder="/data/test-sets",
                     help="DIR/<task>/test/<label>/*.png for image tasks, DIR/<task>/test.jsonl for GLUE", **KEEP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from typing import Any
 
 import pandas as pd
@@ -18,6 +19,7 @@ import torch
 
 from nufilt import appstate
 from nufilt.backbones import EMBEDDED
+from nufilt.roots import allowed_roots, check_allowed
 
 torch.set_num_threads(appstate.app_threads())  # once per process, when the first page imports this module
 
@@ -97,12 +99,26 @@ def prepare_job(spec: str, n_tasks: int, preset: str, cache: str | None, device:
     return appstate.PrepareJob(backbone_for(spec, n_tasks, preset, cache, device, max_eval, data_dir))
 
 
+# Folders on this server that visitors may name (nufilt.roots): `-- --allow-root DIR`, $NUFILT_ALLOWED_ROOTS,
+# else the folder the server was started in.
+def roots() -> list:
+    return allowed_roots(sys.argv[1:])
+
+
+def roots_text() -> str:
+    return ", ".join(f"`{root}`" for root in roots()) or "none"
+
+
 def current_backbone():
     """(backbone, job), or (None, None) after showing why the backbone cannot be opened."""
     try:
         args = backbone_args()
         if args[0].endswith(":"):
             raise ValueError(f"type the folder for the {args[0]!r} backbone on the Setup page")
+        if setting("backbone").endswith(":"):
+            check_allowed(setting("path"), roots(), "checkpoint folder")
+        if args[-1] is not None:
+            check_allowed(args[-1], roots(), "test-set folder")
         return backbone_for(*args), prepare_job(*args)
     except Exception as error:
         st.error(f"Cannot open backbone {backbone_spec()!r}: {error}")

@@ -120,17 +120,37 @@ def test_every_chart_offers_its_data_as_csv(app):
     assert {"merge.zip", "merge.safetensors"} <= keys
 
 
-def test_the_merged_model_can_be_saved_to_a_folder(app, tmp_path):
+def test_the_merged_model_can_be_saved_to_a_folder(app, tmp_path, monkeypatch):
     open_page(app, "merge")
     app.button(key="merge.step").click().run()
     target = tmp_path / "merged"
     app.text_input(key="merge.folder").set_value(str(target)).run()
+    app.button(key="merge.save").click().run()  # tmp_path is outside the folder the server started in
+    assert any("outside the folders this app may use" in e.value for e in app.error) and not target.exists()
+    monkeypatch.setenv("NUFILT_ALLOWED_ROOTS", str(tmp_path))
     app.button(key="merge.save").click().run()
     assert_clean(app)
     assert any(str(target) in s.value for s in app.success)
     assert (target / "README.md").is_file() and (target / "nufilt_merge.json").is_file()
     app.button(key="merge.save").click().run()  # the folder is not empty any more
     assert any("Could not save" in e.value for e in app.error)
+
+
+def test_folder_inputs_are_confined_to_the_allowed_roots(app, tmp_path, monkeypatch):
+    """A visitor cannot make the server read a folder the operator did not allow, and with no
+    allowed roots the Save control is gone."""
+    monkeypatch.setenv("NUFILT_ALLOWED_ROOTS", str(tmp_path / "allowed"))
+    app.selectbox(key="setup.backbone").set_value("local:").run()
+    app.text_input(key="setup.path").set_value("/etc").run()
+    open_page(app, "merge")
+    assert any("outside the folders this app may use" in e.value and "/etc" in e.value for e in app.error)
+    monkeypatch.setenv("NUFILT_ALLOWED_ROOTS", "")
+    open_page(app, "setup")
+    app.selectbox(key="setup.backbone").set_value("tiny-vit").run()
+    open_page(app, "merge")
+    app.button(key="merge.step").click().run()
+    assert not [t for t in app.text_input if t.key == "merge.folder"]
+    assert any("Saving to a folder on the server is off" in c.value for c in app.caption)
 
 
 # ---------------------------------------------------------------- Geometry, stability, ranks, paper
