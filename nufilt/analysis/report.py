@@ -104,6 +104,11 @@ def analyze(
         },
         "corollary": {"summary": records(dynamics.bound_summary()), "layers": records(dynamics.bounds)},
         "trace": {name: records(getattr(dynamics.trace, name)) for name in TRACE_TABLES},
+        # per-step geometry (ALGORITHMS.md): record fields are fixed, scripts read them
+        "step_geometry": records(dynamics.geometry["step_geometry"]),
+        "step_angles": records(dynamics.geometry["step_angles"]),
+        "step_spectra": records(dynamics.geometry["step_spectra"]),
+        "step_geometry_summary": records(dynamics.geometry_summary()),
     }
     if sweeps:
         start = time.perf_counter()
@@ -140,6 +145,16 @@ def format_summary(document: dict[str, Any]) -> str:
     for row in document["corollary"]["summary"]:
         lines.append(f"{row['method']:<18} {row['check']:<11} {row['hold_rate']:>7.1%} "
                      f"{row['hold_rate_rank_rd']:>9.1%} {row['median_ratio']:>15.3g}")
+    if document.get("step_geometry_summary"):
+        lines += ["", "update affinity per step (mean over layers): with the earlier tasks' data / the new task's",
+                  f"{'method':<18} " + " ".join(f"{'t=' + str(t):>11}" for t in
+                                               sorted({row['step'] for row in document['step_geometry_summary']}))]
+        by_method: dict[str, list[str]] = {}
+        for row in document["step_geometry_summary"]:
+            value = row["old_update_affinity"]
+            old = "   -" if value is None or value != value else f"{value:.2f}"
+            by_method.setdefault(row["method"], []).append(f"{old}/{row['new_update_affinity']:.2f}".rjust(11))
+        lines += [f"{method:<18} " + " ".join(cells) for method, cells in by_method.items()]
     if "sweeps" in document:
         lines += ["", f"{'sweep':<18} {'ACC':>9} {'BWT':>9}"]
         for row in document["sweeps"]["summary"]:
