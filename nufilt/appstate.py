@@ -38,9 +38,9 @@ from .evaluation import MethodSpec, acc_bwt, check_order, method_spec, paper_ord
 from .merge import make_merger, resolve_device
 from .methods import ABLATIONS, COMMON_OPTIONS, METHODS, get_method
 from .threads import ENV_THREADS, default_threads
+from .zoo.config import default_preset
 
 ProgressFn = Callable[[str, float], None]
-ENV_PRESET = "NUFILT_ZOO_PRESET"  # tiny-vit zoo preset for the app ("default"; tests use "micro")
 PAPER_GROUPS = (8, 14, 20)
 
 # ---------------------------------------------------------------- backbones
@@ -97,7 +97,7 @@ def backbone_choice(spec: str) -> BackboneChoice:
 
 def zoo_preset() -> str:
     """The embedded zoo preset the app uses: `$NUFILT_ZOO_PRESET` or "default"."""
-    return os.environ.get(ENV_PRESET, "").strip() or "default"
+    return default_preset()
 
 
 class AppBackbone(DelegatingBackbone):

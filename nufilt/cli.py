@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from .methods import ABLATIONS, METHODS
 
+PRESET_HELP = "tiny-vit zoo preset: default, micro or quick (default: $NUFILT_ZOO_PRESET, else default)"
 THREADS_HELP = "torch CPU threads (default: $NUFILT_THREADS, else 1: the fast choice on a shared machine)"
 DEFAULT_METHODS = ("weight_average", "task_arithmetic", "ties", "magmax", "opcm", "wudi", "nufilt")
 
@@ -121,7 +122,7 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
         "nufilt also reaches its ablations)",
     )
     parser.add_argument("--out", type=Path, metavar="PATH", help="write the results as JSON here")
-    parser.add_argument("--preset", default="default", help="tiny-vit zoo preset: default or micro (default: default)")
+    parser.add_argument("--preset", default=None, help=PRESET_HELP)
     parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache folder (default: ./cache)")
     parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     parser.add_argument("--device", default="auto", help="merge device: auto, cpu or cuda (default: auto)")
@@ -173,7 +174,7 @@ def _make_backbone(args: argparse.Namespace, progress: Callable[[str, float], No
             threads=args.threads,
             build_workers=None,  # missing task models fine-tuned in up to two processes
         )
-    if args.preset != "default":
+    if args.preset is not None:
         raise UsageError("--preset applies to the tiny-vit backbone only")
     kwargs: dict[str, Any] = {"tasks": args.tasks, "device": args.device}
     for key in ("cache_dir", "data_dir", "max_samples"):
@@ -301,7 +302,7 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--r-v", type=int, default=8, metavar="R", help="task-vector subspace rank (default: 8)")
     parser.add_argument("--sweep", default="", metavar="LIST", help="rank sweeps to run: any of r_p,r_l,r_v")
     parser.add_argument("--out", type=Path, metavar="PATH", help="write the analysis as JSON here")
-    parser.add_argument("--preset", default="default", help="tiny-vit zoo preset: default or micro (default: default)")
+    parser.add_argument("--preset", default=None, help=PRESET_HELP)
     parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache folder (default: ./cache)")
     parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     parser.add_argument("--device", default="auto", help="merge device: auto, cpu or cuda (default: auto)")

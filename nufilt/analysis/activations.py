@@ -205,6 +205,9 @@ def _backbone_identity(backbone: Backbone) -> dict[str, Any]:
     return identity
 
 
+DEFAULT_SAMPLES = 256
+
+
 def clamp_samples(backbone: Backbone, n_samples: int) -> int:
     """At most the embedded zoo's test-set size (the statistics use its test inputs)."""
     if backbone.name != EMBEDDED:
@@ -216,7 +219,7 @@ def activation_statistics(
     backbone: Backbone,
     task: str,
     keys: Sequence[str] | None = None,
-    n_samples: int = 256,
+    n_samples: int | None = None,
     split: str = "test",
     source: str = "finetuned",
     keep: int = 256,
@@ -232,6 +235,8 @@ def activation_statistics(
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if n_samples is None:  # 256, or every test image of the embedded zoo when it has fewer
+        n_samples = clamp_samples(backbone, DEFAULT_SAMPLES)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
     backbone.task(task)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..backbones.base import Backbone
 from ..evaluation import check_order, paper_orders
-from .activations import SOURCES, selected_layers, task_statistics
+from .activations import DEFAULT_SAMPLES, SOURCES, clamp_samples, selected_layers, task_statistics
 from .affinity import KINDS, affinity_matrix, affinity_table, diagonal_dominance, vector_bases
 from .dynamics import analyze_dynamics
 from .runs import CachedBackbone
@@ -35,7 +35,7 @@ def analyze(
     backbone: Backbone,
     order: Sequence[str] | None = None,
     methods: Sequence[str] = DEFAULT_METHODS,
-    n_samples: int = 256,
+    n_samples: int | None = None,
     split: str = "test",
     source: str = "finetuned",
     r_d: int = 8,
@@ -67,6 +67,8 @@ def analyze(
 
     start = time.perf_counter()
     report("activation statistics", 0.0)
+    if n_samples is None:  # 256, or all of the embedded zoo's test images when it has fewer
+        n_samples = clamp_samples(backbone, DEFAULT_SAMPLES)
     stats = task_statistics(backbone, names, keys=keys, n_samples=n_samples, split=split, source=source,
                             cache_dir=cache_dir)
     timings["activations"] = time.perf_counter() - start

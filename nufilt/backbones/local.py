@@ -84,4 +84,10 @@ def make_backbone(argument: str, **kwargs) -> Backbone:
         found = _task_entries(root, list(glue_task_specs()), {})
         kwargs["tasks"] = available_tasks([t for t in glue_task_specs() if t in found], kwargs.get("tasks"))
         return T5Backbone(name, model_id=str(root / "pretrained"), finetuned=found, **kwargs)
+    if model_type == "clip_vision_model":
+        raise ValueError(
+            f"{config_path}: pretrained/ is a CLIPVisionModel; evaluation needs the text tower for its zero-shot "
+            "heads, so put the whole CLIPModel there (as openai/clip-vit-* stores it; the task folders may stay "
+            "CLIPVisionModels), or merge without evaluation: python -m nufilt merge"
+        )
     raise ValueError(f"{config_path}: model_type {model_type!r} is not supported (clip, t5, or an open_clip folder)")

@@ -168,7 +168,7 @@ def make_backbone(
     argument: str = "tiny-vit",
     *,
     n_tasks: int | None = None,
-    preset: str | ZooConfig = "default",
+    preset: str | ZooConfig | None = None,
     cache_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
     threads: int | None = None,
@@ -177,7 +177,8 @@ def make_backbone(
 ) -> TinyViTBackbone:
     """The embedded zoo with its first `n_tasks` tasks (8, 14 or 20: the paper's groups; all if None).
 
-    `preset` is "default", "micro" or a `ZooConfig`; other keyword arguments override its fields.
+    `preset` is "default", "micro", "quick" or a `ZooConfig` (None: `$NUFILT_ZOO_PRESET`, else
+    "default"); other keyword arguments override its fields.
     `build_workers`: processes that fine-tune missing task models in `prepare()` (None: up to two
     CPUs, `$NUFILT_BUILD_WORKERS`; the CLI and the app use None).
     """

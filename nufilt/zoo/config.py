@@ -101,10 +101,25 @@ PRESETS: dict[str, ZooConfig] = {
         finetune_lr=3e-3,
     ),
 }
+# the micro settings over the whole 20-task pool: every documented command runs on it in seconds
+# to minutes (tests/test_docs.py); a smoke-test zoo, not a benchmark
+PRESETS["quick"] = PRESETS["micro"].replace(tasks=ZooConfig().tasks, n_test=48)
+
+ENV_PRESET = "NUFILT_ZOO_PRESET"
 
 
-def resolve_config(preset: str | ZooConfig = "default", **overrides) -> ZooConfig:
+def default_preset() -> str:
+    """`$NUFILT_ZOO_PRESET` if set, else "default": the preset the CLI, the app and
+    `get_backbone("tiny-vit")` use when none is named."""
+    import os
+
+    return os.environ.get(ENV_PRESET, "").strip() or "default"
+
+
+def resolve_config(preset: str | ZooConfig | None = "default", **overrides) -> ZooConfig:
     """A preset name or a ZooConfig, with field overrides; ValueError for unknown names."""
+    if preset is None:
+        preset = default_preset()
     if isinstance(preset, ZooConfig):
         config = preset
     elif isinstance(preset, str) and preset in PRESETS:

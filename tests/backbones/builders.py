@@ -157,8 +157,8 @@ def _t5_model(config: T5Config, tokenizer: T5Tokenizer, seed: int) -> T5ForCondi
 def build_t5_hub(root: Path, tasks=("cola", "stsb")) -> dict[str, Path]:
     """pretrained/ (T5ForConditionalGeneration + tokenizer) and one fine-tuned folder per task.
 
-    The first task's model is a perturbed pre-trained model; the second is another random model
-    (seed 2) whose STS-B answers are varied numbers, so that Spearman's rho is not degenerate.
+    The first task's model is a perturbed pre-trained model; the others are other random models
+    (seeds 2, 3, ...) whose STS-B answers are varied numbers, so that Spearman's rho is not degenerate.
     """
     tokenizer = t5_tokenizer()
     config = T5Config(
@@ -181,7 +181,7 @@ def build_t5_hub(root: Path, tasks=("cola", "stsb")) -> dict[str, Path]:
     tokenizer.save_pretrained(pretrained)
     paths = {"pretrained": pretrained}
     for i, task in enumerate(tasks):
-        finetuned = _t5_model(config, tokenizer, seed=2)
+        finetuned = _t5_model(config, tokenizer, seed=2 + max(i - 1, 0) * 10)
         if i == 0:
             finetuned.load_state_dict(perturbed(model.state_dict(), seed=200, scale=0.3))
         folder = root / f"flan-t5-tiny_glue-{task}"

@@ -91,3 +91,24 @@ def test_unusable_folders_say_what_is_expected(tmp_path):
     (tmp_path / "pretrained" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="'bert' is not supported"):
         get_backbone(f"local:{tmp_path}")
+    (tmp_path / "pretrained" / "config.json").write_text(json.dumps({"model_type": "clip_vision_model"}))
+    with pytest.raises(ValueError, match="needs the text tower.*python -m nufilt merge"):
+        get_backbone(f"local:{tmp_path}")
+
+
+def test_whole_clipmodel_task_folders_are_read_as_their_vision_tower(clip_hub, tmp_path):
+    """A task saved as a whole CLIPModel (text tower included) scores like its vision-only folder."""
+    from safetensors.torch import load_file, save_file
+
+    pretrained = load_file(clip_hub["pretrained"] / "model.safetensors")
+    vision = load_file(clip_hub["eurosat"] / "model.safetensors")  # `vision_model.` keys (transformers 4)
+    whole = {**pretrained, **vision}
+    root = tmp_path / "models"
+    (root / "eurosat").mkdir(parents=True)
+    (root / "pretrained").symlink_to(clip_hub["pretrained"])
+    save_file({k: v.contiguous() for k, v in whole.items()}, str(root / "eurosat" / "model.safetensors"))
+    backbone = get_backbone(f"local:{root}", tasks=["eurosat"], data_dir=clip_hub["data"], device="cpu")
+    state = backbone.finetuned_state("eurosat")
+    assert set(state) == set(backbone.pretrained_state())
+    for key, value in state.items():
+        assert torch.equal(value, vision[f"vision_model.{key}"] if f"vision_model.{key}" in vision else vision[key])
