@@ -109,7 +109,7 @@ def test_ablations_are_nufilt_settings_that_beat_method_overrides():
     overrides = {"nufilt": {"r_l": 9, "steps": 3}, "no_filter": {"steps": 4}}
     naive = method_spec("naive", 8, {"nufilt": {"r_p": 10}}, overrides)
     assert naive.method == "nufilt"
-    assert (naive.options["r_l"], naive.options["null_space"], naive.options["steps"]) == (0, False, 3)
+    assert (naive.options["r_l"], naive.options["filter"], naive.options["steps"]) == (0, "identity", 3)
     assert method_spec("no_filter", 8, None, overrides).options["steps"] == 4
 
 
