@@ -111,6 +111,11 @@ def test_ablations_are_nufilt_settings_that_beat_method_overrides():
     assert naive.method == "nufilt"
     assert (naive.options["r_l"], naive.options["filter"], naive.options["steps"]) == (0, "identity", 3)
     assert method_spec("no_filter", 8, None, overrides).options["steps"] == 4
+    # the older spelling null_space=False (filter "identity") reaches nufilt, but an ablation's filter wins
+    legacy = {"nufilt": {"null_space": False}}
+    assert method_spec("nufilt", 8, None, legacy).options["filter"] == "identity"
+    assert method_spec("lora_only", 8, None, legacy).options["filter"] == "zero"
+    assert method_spec("null_space_only", 8, None, legacy).options["filter"] == "identity"
 
 
 def test_unknown_methods_and_options_fail_before_any_model_is_loaded():

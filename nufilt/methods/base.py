@@ -106,20 +106,13 @@ def elementwise_step(
     return merged
 
 
-def build_options(options_cls: type, method: str, values: Mapping[str, Any]) -> Any:
-    """Instantiate an Options dataclass, naming unknown options and the valid ones.
+def resolve_aliases(options_cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` with each alias of `options_cls` replaced by the options it stands for.
 
     An Options class may declare `aliases = {old_name: translate}`: an older spelling of an option,
-    `translate(value)` giving the options it stands for. Given together, they must agree.
+    `translate(value)` giving the options it means. Given together, they must agree.
     """
     aliases: Mapping[str, Callable[[Any], dict[str, Any]]] = getattr(options_cls, "aliases", {})
-    valid = [f.name for f in fields(options_cls)]
-    unknown = [k for k in values if k not in valid and k not in aliases]
-    if unknown:
-        raise ValueError(
-            f"unknown option {unknown[0]!r} for method {method!r}; valid options: "
-            f"{', '.join(valid + list(aliases) + list(COMMON_OPTIONS))}"
-        )
     resolved = {k: v for k, v in values.items() if k not in aliases}
     for alias in (k for k in values if k in aliases):
         for name, value in aliases[alias](values[alias]).items():
@@ -129,7 +122,20 @@ def build_options(options_cls: type, method: str, values: Mapping[str, Any]) -> 
                     f"but {name}={resolved[name]!r} was also given"
                 )
             resolved[name] = value
-    return options_cls(**resolved)
+    return resolved
+
+
+def build_options(options_cls: type, method: str, values: Mapping[str, Any]) -> Any:
+    """Instantiate an Options dataclass, naming unknown options and the valid ones."""
+    aliases = list(getattr(options_cls, "aliases", {}))
+    valid = [f.name for f in fields(options_cls)]
+    unknown = [k for k in values if k not in valid and k not in aliases]
+    if unknown:
+        raise ValueError(
+            f"unknown option {unknown[0]!r} for method {method!r}; valid options: "
+            f"{', '.join(valid + aliases + list(COMMON_OPTIONS))}"
+        )
+    return options_cls(**resolve_aliases(options_cls, values))
 
 
 # Options every method accepts (handled by the Merger, not by the method itself).
