@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nufilt.merge import make_merger
+from nufilt.methods.iso_c import isotropic_sum
 from nufilt.methods.tsv_m import task_singular_merge
 from tests.factories import synthetic_tasks, tiny_clip_state
 
@@ -70,7 +71,7 @@ def _knots_ties(previous: np.ndarray, task_vector: np.ndarray) -> np.ndarray:
     return u @ np.diag(s) @ _ties_sum([vt[:, :d_in], vt[:, d_in:]], 20.0)
 
 
-def _pair_reference(rule, scale: float, step: int, base, merged, task, key: str) -> np.ndarray:
+def _pair_reference(rule, scale: float, step: int, base, merged, task) -> np.ndarray:
     """θ̄t = θ0 + λ·merge(τ̄_{t−1}, τt); θ̄1 = θ0 + λτ1; non-matrix parameters take the mean."""
     if not base.is_floating_point():
         return base.numpy()
@@ -92,7 +93,7 @@ def test_pair_methods_match_their_paper_at_every_step(zoo, method, rule, atol):
     for step, task in enumerate(tasks, start=1):
         new = merger.add(task)
         for key in pretrained:
-            expected = _pair_reference(rule, 1.0, step, pretrained[key], merged[key], task[key], key)
+            expected = _pair_reference(rule, 1.0, step, pretrained[key], merged[key], task[key])
             np.testing.assert_allclose(_np(new[key]) if new[key].is_floating_point() else new[key].numpy(),
                                        expected, atol=atol, rtol=1e-5, err_msg=f"{method} step {step} {key}")
         merged = new
@@ -137,8 +138,6 @@ def test_tsv_m_of_one_matrix_with_too_few_singular_values_is_zero():
 def test_iso_c_flattens_the_spectrum_of_the_sum():
     generator = torch.Generator().manual_seed(0)
     previous, task_vector = torch.randn(12, 8, generator=generator), torch.randn(12, 8, generator=generator)
-    from nufilt.methods.iso_c import isotropic_sum
-
     values = torch.linalg.svdvals(isotropic_sum(previous, task_vector))
     expected = torch.linalg.svdvals(previous + task_vector).mean()
     torch.testing.assert_close(values, expected.expand(8), rtol=1e-5, atol=1e-6)
