@@ -21,7 +21,7 @@ import numpy as np
 from .backbones.base import Backbone
 from .merge import make_merger
 from .methods import ABLATIONS, COMMON_OPTIONS, METHODS, paper_options
-from .methods.base import build_options
+from .methods.base import build_options, resolve_aliases
 
 ProgressFn = Callable[[str, float], None]
 
@@ -181,13 +181,16 @@ def method_spec(
     else:
         known = ", ".join([*METHODS, *ABLATIONS])
         raise ValueError(f"unknown method {label!r}; known methods and ablations: {known}")
-    options = {**paper_options(method, n_tasks), **recommended.get(method, {}), **overrides.get(method, {})}
+    options_cls = METHODS[method].Options
+    # older option spellings (NUFILT's null_space) are resolved per layer, so an ablation still wins
+    options = {**paper_options(method, n_tasks), **recommended.get(method, {})}
+    options.update(resolve_aliases(options_cls, overrides.get(method, {})))
     options.update(ablation)
     if label != method:
-        options.update(overrides.get(label, {}))
+        options.update(resolve_aliases(options_cls, overrides.get(label, {})))
     options.update(common)
     own = {key: value for key, value in options.items() if key not in COMMON_OPTIONS}
-    build_options(METHODS[method].Options, method, own)
+    build_options(options_cls, method, own)
     return MethodSpec(label, method, options)
 
 

@@ -19,6 +19,9 @@ PAPER_METHODS = {
     "Ties-Merging": "ties",
     "MagMax-Ind": "magmax",
     "WUDI-Merging": "wudi",
+    "Iso-C": "iso_c",
+    "KnOTS-TIES": "knots_ties",
+    "TSV-M": "tsv_m",
     "OPCM": "opcm",
     "NUFILT (Ours)": "nufilt",
 }

@@ -109,8 +109,13 @@ def test_ablations_are_nufilt_settings_that_beat_method_overrides():
     overrides = {"nufilt": {"r_l": 9, "steps": 3}, "no_filter": {"steps": 4}}
     naive = method_spec("naive", 8, {"nufilt": {"r_p": 10}}, overrides)
     assert naive.method == "nufilt"
-    assert (naive.options["r_l"], naive.options["null_space"], naive.options["steps"]) == (0, False, 3)
+    assert (naive.options["r_l"], naive.options["filter"], naive.options["steps"]) == (0, "identity", 3)
     assert method_spec("no_filter", 8, None, overrides).options["steps"] == 4
+    # the older spelling null_space=False (filter "identity") reaches nufilt, but an ablation's filter wins
+    legacy = {"nufilt": {"null_space": False}}
+    assert method_spec("nufilt", 8, None, legacy).options["filter"] == "identity"
+    assert method_spec("lora_only", 8, None, legacy).options["filter"] == "zero"
+    assert method_spec("null_space_only", 8, None, legacy).options["filter"] == "identity"
 
 
 def test_unknown_methods_and_options_fail_before_any_model_is_loaded():

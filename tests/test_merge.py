@@ -17,7 +17,9 @@ def zoo():
 
 
 def test_registry_has_the_issue_names():
-    assert set(METHODS) == {"weight_average", "task_arithmetic", "ties", "magmax", "opcm", "wudi", "nufilt"}
+    assert set(METHODS) == {
+        "weight_average", "task_arithmetic", "ties", "magmax", "opcm", "wudi", "iso_c", "tsv_m", "knots_ties", "nufilt"
+    }
 
 
 def test_unknown_method_and_option_name_the_problem(zoo):

@@ -5,23 +5,30 @@ from __future__ import annotations
 from typing import Any
 
 from .base import COMMON_OPTIONS, MergeMethod, StepContext
+from .iso_c import IsoC
+from .knots_ties import KnotsTies
 from .magmax import MagMax
 from .nufilt import Nufilt
 from .opcm import Opcm
 from .task_arithmetic import TaskArithmetic
 from .ties import Ties
+from .tsv_m import TsvM
 from .weight_average import WeightAverage
 from .wudi import Wudi
 
 METHODS: dict[str, type[MergeMethod]] = {
-    cls.name: cls for cls in (WeightAverage, TaskArithmetic, Ties, MagMax, Opcm, Wudi, Nufilt)
+    cls.name: cls
+    for cls in (WeightAverage, TaskArithmetic, Ties, MagMax, Opcm, Wudi, IsoC, TsvM, KnotsTies, Nufilt)
 }
 
-# Table 4 ablations of NUFILT, as option settings of the same implementation.
+# Table 4 ablations of NUFILT, as option settings of the same implementation. "w/o null-space
+# filter" has two readings: the paper's formula τt B A (P = 0, lora_only) and the authors' code,
+# which runs τt (I + B A) (P = I, no_filter).
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "naive": {"null_space": False, "r_l": 0},
+    "naive": {"filter": "identity", "r_l": 0},
     "null_space_only": {"r_l": 0},
-    "no_filter": {"null_space": False},
+    "no_filter": {"filter": "identity"},
+    "lora_only": {"filter": "zero"},
 }
 
 

@@ -117,16 +117,36 @@ def elementwise_step(
     return merged
 
 
+def resolve_aliases(options_cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` with each alias of `options_cls` replaced by the options it stands for.
+
+    An Options class may declare `aliases = {old_name: translate}`: an older spelling of an option,
+    `translate(value)` giving the options it means. Given together, they must agree.
+    """
+    aliases: Mapping[str, Callable[[Any], dict[str, Any]]] = getattr(options_cls, "aliases", {})
+    resolved = {k: v for k, v in values.items() if k not in aliases}
+    for alias in (k for k in values if k in aliases):
+        for name, value in aliases[alias](values[alias]).items():
+            if name in resolved and resolved[name] != value:
+                raise ValueError(
+                    f"option {alias}={values[alias]!r} means {name}={value!r}, "
+                    f"but {name}={resolved[name]!r} was also given"
+                )
+            resolved[name] = value
+    return resolved
+
+
 def build_options(options_cls: type, method: str, values: Mapping[str, Any]) -> Any:
     """Instantiate an Options dataclass, naming unknown options and the valid ones."""
+    aliases = list(getattr(options_cls, "aliases", {}))
     valid = [f.name for f in fields(options_cls)]
-    unknown = [k for k in values if k not in valid]
+    unknown = [k for k in values if k not in valid and k not in aliases]
     if unknown:
         raise ValueError(
             f"unknown option {unknown[0]!r} for method {method!r}; valid options: "
-            f"{', '.join(valid + list(COMMON_OPTIONS))}"
+            f"{', '.join(valid + aliases + list(COMMON_OPTIONS))}"
         )
-    return options_cls(**values)
+    return options_cls(**resolve_aliases(options_cls, values))
 
 
 # Options every method accepts (handled by the Merger, not by the method itself).
@@ -172,3 +192,23 @@ def chunks(keys: Sequence[str], shape: Sequence[int], budget: int = 1 << 24) -> 
     per_matrix = max(math.prod(shape), 1)
     size = max(budget // per_matrix, 1)
     return [list(keys[i : i + size]) for i in range(0, len(keys), size)]
+
+
+def pair_step(
+    ctx: StepContext, scale: float, matrix_rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> MutableMapping[str, torch.Tensor]:
+    """A static two-vector merge run continually, as the NUFILT authors' code runs Iso-C and TSV-M.
+
+    θ̄t = θ0 + λ·merge(τ̄_{t−1}, τt) on selected keys: 2-D keys get `matrix_rule`, the others the
+    mean of the two vectors; θ̄1 = θ0 + λ τ1. Unselected keys keep θ0.
+    """
+
+    def rule(key: str, base: torch.Tensor, merged: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        task_vector = task - base
+        if ctx.step == 1:
+            return base + scale * task_vector
+        previous = merged - base
+        combined = matrix_rule(previous, task_vector) if task_vector.ndim == 2 else (previous + task_vector) / 2
+        return base + scale * combined
+
+    return elementwise_step(ctx, rule)

@@ -2,16 +2,17 @@
 
 Per selected layer at step t ≥ 2: P = I − V_p V_pᵀ from the top-r_p right singular vectors of
 τ̄_{t−1} (Eq. 7-8); A ~ N(0, σ²), B = 0 (Eq. 9); Adam on Eq. 16-17; θ̄t = θ̄_{t−1} + τt (P + B A)
-(Eq. 10). Ablations are settings: r_l = 0 (null-space only), null_space=False (P = I), both
-(naive sum).
+(Eq. 10). Table 4's ablations are settings: `filter` picks P (null-space / identity / zero) and
+r_l = 0 drops the LoRA (see ABLATIONS in the registry).
 """
 
 from __future__ import annotations
 
 import warnings
 import zlib
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -31,6 +32,8 @@ from .base import (
 OTHER_PARAMS = ("keep-pretrained", "average", "task-arithmetic")
 FIRST_STEPS = ("paper", "filtered")
 LORA_SOLVERS = ("adam", "exact")
+# P in τt (P + B A): I − V_p V_pᵀ (the method), I (the authors' "w/o filter" run), 0 (Table 4's formula)
+FILTERS = ("null-space", "identity", "zero")
 
 
 def _use_gram(d_out: int, d_in: int, steps: int, rank: int) -> bool:
@@ -165,7 +168,7 @@ def filter_and_adapt(
     r_v: int,
     steps: int,
     lr: float,
-    null_space: bool = True,
+    gate: str = "null-space",
     solver: str = "auto",
     previous_basis: torch.Tensor | None = None,
     lora_solver: str = "adam",
@@ -174,7 +177,7 @@ def filter_and_adapt(
     """NUFILT's update τt (P + B A) for a stack of layers.
 
     previous, task_vector: (L, d_out, d_in) = τ̄_{t−1}, τt. lora_init: (L, r_l, d_in), the
-    initial A (B starts at zero). `gram_rank` k > 0: Adam sees G = τtᵀτt through τt's top-k
+    initial A (B starts at zero). `gate` is P, one of FILTERS. `gram_rank` k > 0: Adam sees G = τtᵀτt through τt's top-k
     spectral part (one basis computation serves V_v and V_k) where that is cheaper, i.e. where
     2k < min(d_out, d_in); otherwise G stays exact. Returns the update and per-layer diagnostics.
     """
@@ -187,12 +190,17 @@ def filter_and_adapt(
     gram_factor = (task_basis, task_values) if gram_rank > 0 else None
     task_basis, task_values = task_basis[..., :r_v], task_values[..., :r_v]  # V_v: (L, d_in, r_v)
 
-    # τt P: the filtered task vector (P = I for the "no filter" ablation)
+    # τt P: the filtered task vector (P = I: τt itself; P = 0: nothing, only the LoRA passes τt)
     inside = task_vector @ previous_basis  # (L, d_out, r_p)
-    filtered = task_vector - inside @ previous_basis.mT if null_space else task_vector
+    if gate == "null-space":
+        filtered = task_vector - inside @ previous_basis.mT
+    elif gate == "identity":
+        filtered = task_vector
+    else:
+        filtered = torch.zeros_like(task_vector)
     # Eq. 16-17 with M' = τ̄ + τt (P + B A): only products with the bases are ever needed.
-    # X_p = τt P V_p is exactly zero with the filter on (P V_p = 0), so it is not computed.
-    stability_fixed = torch.zeros_like(inside) if null_space else filtered @ previous_basis
+    # X_p = τt P V_p is exactly zero for P = I − V_p V_pᵀ and for P = 0, so it is computed only for P = I.
+    stability_fixed = inside if gate == "identity" else torch.zeros_like(inside)
     fidelity_fixed = (task_vector - previous - filtered) @ task_basis  # E_v = τt V_v − M V_v
     if lora_solver == "exact" and lora_init.shape[1] > 0:
         correction, curve = solve_lora_exact(
@@ -214,6 +222,12 @@ def filter_and_adapt(
     return update, diagnostics
 
 
+def _null_space_alias(value: Any) -> dict[str, str]:
+    if not isinstance(value, bool):
+        raise TypeError(f"null_space must be True or False, got {value!r}")
+    return {"filter": "null-space" if value else "identity"}
+
+
 @dataclass
 class NufiltOptions:
     r_p: int = 128  # null-space rank: directions of τ̄_{t−1} the filter removes (Table 9)
@@ -222,7 +236,7 @@ class NufiltOptions:
     steps: int = 50  # Adam iterations per task
     lr: float = 1e-3  # Adam learning rate
     init_std: float = 0.02  # A ~ N(0, init_std²), B = 0
-    null_space: bool = True  # False: objective without the filter (P = I), Table 4
+    filter: str = "null-space"  # P: "null-space" (the method), "identity" (authors' no-filter run), "zero" (Table 4)
     other_params: str = "keep-pretrained"  # unselected parameters: see OTHER_PARAMS
     other_scale: float = 0.3  # λ when other_params == "task-arithmetic"
     first_step: str = "paper"  # "paper": θ̄1 = θ1; "filtered": the authors' code (see docs)
@@ -230,14 +244,16 @@ class NufiltOptions:
     lora_solver: str = "adam"  # "adam": the paper's fit; "exact": closed-form minimiser of Eq. 16
     gram_rank: int = 0  # > 0: Adam uses τt's top-k spectral part of τtᵀτt (faster; 0 = exact)
 
+    # the earlier spelling: null_space=True is filter="null-space", False is filter="identity"
+    aliases: ClassVar[dict[str, Callable[[Any], dict[str, str]]]] = {"null_space": _null_space_alias}
+
     def __post_init__(self) -> None:
         for name in ("r_p", "r_l", "r_v", "steps", "gram_rank"):
             check_rank(name, getattr(self, name))
         check_number("lr", self.lr, low=0.0, low_open=True)
         check_number("init_std", self.init_std, low=0.0)
         check_number("other_scale", self.other_scale)
-        if not isinstance(self.null_space, bool):
-            raise TypeError(f"null_space must be True or False, got {self.null_space!r}")
+        check_choice("filter", self.filter, FILTERS)
         check_choice("other_params", self.other_params, OTHER_PARAMS)
         check_choice("first_step", self.first_step, FIRST_STEPS)
         check_choice("svd", self.svd, SVD_SOLVERS)
@@ -276,7 +292,7 @@ class Nufilt(MergeMethod):
                 init = torch.stack([self._lora_init(ctx, k, r_l, d_in) for k in keys])
                 update, diag = filter_and_adapt(
                     previous, task_vector, init, r_p, r_v, opts.steps, opts.lr,
-                    opts.null_space, opts.svd, basis, opts.lora_solver, opts.gram_rank,
+                    opts.filter, opts.svd, basis, opts.lora_solver, opts.gram_rank,
                 )
                 for i, key in enumerate(keys):
                     merged[key] = ctx.output(key, ctx.load(ctx.merged, key) + update[i])

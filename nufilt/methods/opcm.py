@@ -4,6 +4,7 @@ Keeps the unscaled sum S_t = S_{t−1} + τt' and sets θ̄t = θ0 + S_t · mean
 all floating parameters). For a selected weight, τt' removes from τt the diagonal and the top-left
 k×k block of C = Uᵀ τt V, where U S Vᵀ is the SVD of S_{t−1} and k the first index at which
 cumsum(S)/sum(S) > α. S_{t−1} is recovered from θ̄_{t−1} with two scalars, so no model is stored.
+`zero_diagonal=False` keeps the diagonal, as the code behind the published numbers did.
 """
 
 from __future__ import annotations
@@ -26,29 +27,35 @@ def split_rank(singular_values: torch.Tensor, alpha: float) -> int:
     return int(above.float().argmax()) if bool(above.any()) else singular_values.numel()
 
 
-def project_out(previous: torch.Tensor, task_vector: torch.Tensor, alpha: float) -> torch.Tensor:
+def project_out(
+    previous: torch.Tensor, task_vector: torch.Tensor, alpha: float, zero_diagonal: bool = True
+) -> torch.Tensor:
     """τ' = U C' Vᵀ with C = Uᵀ τ V, C' = C minus its diagonal and its top-left k×k block.
 
     Equivalent to the full-SVD formula but with a thin SVD: the removed parts only involve the
-    first min(d_out, d_in) singular pairs, everything else of τ is kept as is.
+    first min(d_out, d_in) singular pairs, everything else of τ is kept as is. With
+    `zero_diagonal=False` only the k×k block is removed: the OPCM code behind the published numbers
+    calls `.diag().fill_(0)`, which fills a copy, so its diagonal was never zeroed.
     """
     if not bool(previous.any()):
         return task_vector.clone()  # nothing merged yet on this weight: nothing to protect
     u, s, vh = torch.linalg.svd(previous, full_matrices=False)
     k = split_rank(s, alpha)
     coefficients = u.mT @ task_vector @ vh.mT  # (m, m), m = min(d_out, d_in)
-    removed = torch.diag_embed(torch.diagonal(coefficients))
-    block = coefficients[:k, :k] - torch.diag_embed(torch.diagonal(coefficients[:k, :k]))
-    removed[:k, :k] += block
+    removed = torch.diag_embed(torch.diagonal(coefficients)) if zero_diagonal else torch.zeros_like(coefficients)
+    removed[:k, :k] = coefficients[:k, :k]
     return task_vector - u @ removed @ vh
 
 
 @dataclass
 class OpcmOptions:
     alpha: float = 0.5  # share of the previous spectrum whose top-left block is protected
+    zero_diagonal: bool = True  # remove diag(C) as described; False: the published code (a no-op fill)
 
     def __post_init__(self) -> None:
         check_number("alpha", self.alpha, low=0.0, high=1.0)
+        if not isinstance(self.zero_diagonal, bool):
+            raise TypeError(f"zero_diagonal must be True or False, got {self.zero_diagonal!r}")
 
 
 class Opcm(MergeMethod):
@@ -72,7 +79,7 @@ class Opcm(MergeMethod):
             task_vector = ctx.task_vector(key)
             previous = ctx.merged_vector(key) * unscale
             if key in ctx.selected and ctx.step > 1:
-                update = project_out(previous, task_vector, self.options.alpha)
+                update = project_out(previous, task_vector, self.options.alpha, self.options.zero_diagonal)
             else:
                 update = task_vector
             total = previous + update

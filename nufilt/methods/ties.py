@@ -2,7 +2,8 @@
 
 TIES (Yadav et al. 2023): trim each vector to its top-k% magnitudes over the whole selected
 model, elect a sign per entry from the sum of the trimmed values, and average the trimmed entries
-that agree with it ("disjoint mean"). τ̄_{t−1} = θ̄_{t−1} − θ0 is the previous merged task vector.
+that agree with it ("disjoint mean"; `merge="sum"` adds them, as the authors' continual config).
+τ̄_{t−1} = θ̄_{t−1} − θ0 is the previous merged task vector.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import MergeMethod, StepContext, check_number, elementwise_step
+from .base import MergeMethod, StepContext, check_choice, check_number, elementwise_step
 from .task_arithmetic import scale_for
 
 
@@ -73,26 +74,32 @@ def trim(vector: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(vector.abs() >= threshold, vector, torch.zeros_like(vector))
 
 
-def elect_and_merge(trimmed: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Sign election from the summed trimmed vectors, then the mean of agreeing non-zero entries."""
+DISJOINT_MERGES = ("mean", "sum")
+
+
+def elect_and_merge(trimmed: Sequence[torch.Tensor], merge: str = "mean") -> torch.Tensor:
+    """Sign election from the summed trimmed vectors, then the mean (or sum) of agreeing non-zero entries."""
     stacked = torch.stack(list(trimmed))  # (n, ...)
     # elect sign
     elected = torch.sign(stacked.sum(dim=0))
     # disjoint merge
     agree = (torch.sign(stacked) == elected) & (stacked != 0)
     total = (stacked * agree).sum(dim=0)
-    count = agree.sum(dim=0).clamp_min(1)
-    return total / count
+    if merge == "sum":
+        return total
+    return total / agree.sum(dim=0).clamp_min(1)
 
 
 @dataclass
 class TiesOptions:
     scale: float = 0.3  # λ; Table 9 uses 0.3 for 8 tasks and 0.1 for 14/20
     top_k: float = 20.0  # percent of entries kept per vector, over the whole selected model
+    merge: str = "mean"  # disjoint merge of agreeing entries: "mean" (TIES paper) or "sum" (authors' config)
 
     def __post_init__(self) -> None:
         check_number("scale", self.scale)
         check_number("top_k", self.top_k, low=0.0, high=100.0, low_open=True)
+        check_choice("merge", self.merge, DISJOINT_MERGES)
 
 
 class Ties(MergeMethod):
@@ -105,11 +112,11 @@ class Ties(MergeMethod):
         top_k = self.options.top_k
         merged_threshold = magnitude_threshold(lambda: (ctx.merged_vector(k) for k in keys), top_k)
         task_threshold = magnitude_threshold(lambda: (ctx.task_vector(k) for k in keys), top_k)
-        scale = self.options.scale
+        scale, merge = self.options.scale, self.options.merge
 
         def combine(key: str, base: torch.Tensor, merged: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
             update = elect_and_merge(
-                [trim(merged - base, merged_threshold), trim(task - base, task_threshold)]
+                [trim(merged - base, merged_threshold), trim(task - base, task_threshold)], merge
             )
             return merged + scale * update
 

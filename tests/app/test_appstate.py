@@ -58,11 +58,12 @@ def test_option_fields_come_from_the_dataclass_with_paper_defaults_and_choices()
     assert fields["scale"].kind == "float" and fields["scale"].value == 0.1  # Table 9 for 14 tasks
     nufilt = {f.name: f for f in appstate.option_fields("nufilt", 8, {"nufilt": {"r_p": 42}})}
     assert nufilt["r_p"].value == 42 and nufilt["r_p"].kind == "int"
-    assert nufilt["null_space"].kind == "bool"
+    assert nufilt["filter"].kind == "choice" and nufilt["filter"].choices == ("null-space", "identity", "zero")
     assert nufilt["other_params"].kind == "choice" and "keep-pretrained" in nufilt["other_params"].choices
     assert "null-space rank" in nufilt["r_p"].help
     ablation = {f.name: f for f in appstate.option_fields("null_space_only", 8)}
     assert ablation["r_l"].value == 0
+    assert {f.name: f for f in appstate.option_fields("lora_only", 8)}["filter"].value == "zero"
     assert appstate.option_fields("weight_average", 8) == []
 
 

@@ -15,6 +15,11 @@ def test_clip_column_rows():
     assert rows["NUFILT (Ours)"]["acc"] == 83.6 and rows["NUFILT (Ours)"]["acc_std"] == 0.2
     assert rows["NUFILT (Ours)"]["label"] == "nufilt" and rows["OPCM"]["bwt"] == -6.3
     assert rows["Pre-Trained"]["reference"] and rows["Pre-Trained"]["acc"] == 48.1
+    # the data-free rows added later join on their registry names (Table 1, ViT-B/32, 8 tasks)
+    assert (rows["Iso-C"]["label"], rows["Iso-C"]["acc"], rows["Iso-C"]["bwt"]) == ("iso_c", 71.7, -10.2)
+    assert (rows["KnOTS-TIES"]["label"], rows["KnOTS-TIES"]["acc_std"]) == ("knots_ties", 6.9)
+    assert (rows["TSV-M"]["label"], rows["TSV-M"]["bwt"], rows["TSV-M"]["bwt_std"]) == ("tsv_m", -24.0, 5.6)
+    assert rows["LW AdaMerging"]["label"] is None  # uses data: not a method here
     assert paper_reference("clip-vit-l14", 20)[0]["acc"] == 65.6
     assert paper_reference("local:/x", 14, column="ViT-B/16")[0]["acc"] == 62.0
 

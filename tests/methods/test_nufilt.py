@@ -59,20 +59,24 @@ def test_the_filter_leaves_the_previous_subspace_untouched_when_lora_is_off(zoo)
 
 def test_naive_ablation_is_the_plain_sum_of_task_vectors(zoo):
     pretrained, tasks = zoo
-    merged = list(continual_merge(pretrained, tasks, "nufilt", null_space=False, r_l=0))[-1]
+    merged = list(continual_merge(pretrained, tasks, "nufilt", filter="identity", r_l=0))[-1]
     merger = make_merger("nufilt", pretrained)
     for key in merger.selected:
         expected = pretrained[key] + sum(t[key] - pretrained[key] for t in tasks)
         torch.testing.assert_close(merged[key], expected, atol=1e-6, rtol=1e-5)
 
 
-def _reference_step(previous, task_vector, init_a, r_p, r_v, steps, lr, null_space=True):
+def _reference_step(previous, task_vector, init_a, r_p, r_v, steps, lr, gate_kind="null-space"):
     """Algorithm 1 for one layer, written directly from the paper with explicit matrices."""
     d_in = task_vector.shape[1]
     _, _, vh_prev = torch.linalg.svd(previous)
     _, _, vh_task = torch.linalg.svd(task_vector)
     v_prev, v_task = vh_prev[:r_p].T, vh_task[:r_v].T
-    gate = torch.eye(d_in) - v_prev @ v_prev.T if null_space else torch.eye(d_in)
+    gate = {
+        "null-space": torch.eye(d_in) - v_prev @ v_prev.T,  # P (Eq. 8)
+        "identity": torch.eye(d_in),  # the authors' "w/o null-space filter" run
+        "zero": torch.zeros(d_in, d_in),  # Table 4's formula τt B A
+    }[gate_kind]
     a = torch.nn.Parameter(init_a.clone())
     b = torch.nn.Parameter(torch.zeros(d_in, init_a.shape[0]))
     optimizer = torch.optim.Adam([a, b], lr=lr)
@@ -88,10 +92,12 @@ def _reference_step(previous, task_vector, init_a, r_p, r_v, steps, lr, null_spa
         return task_vector @ (gate + b @ a)
 
 
-@pytest.mark.parametrize("null_space,layers", [(True, "paper"), (False, "paper"), (True, "all-linear")])
-def test_batched_implementation_matches_a_plain_per_layer_reference(zoo, null_space, layers):
+@pytest.mark.parametrize(
+    "gate,layers", [("null-space", "paper"), ("identity", "paper"), ("zero", "paper"), ("null-space", "all-linear")]
+)
+def test_batched_implementation_matches_a_plain_per_layer_reference(zoo, gate, layers):
     pretrained, tasks = zoo
-    options = {"r_p": 6, "r_l": 4, "r_v": 3, "steps": 20, "lr": 1e-2, "null_space": null_space, "layers": layers}
+    options = {"r_p": 6, "r_l": 4, "r_v": 3, "steps": 20, "lr": 1e-2, "filter": gate, "layers": layers}
     merger = make_merger("nufilt", pretrained, seed=11, **options)
     first = merger.add(tasks[0])
     second = merger.add(tasks[1])
@@ -104,9 +110,53 @@ def test_batched_implementation_matches_a_plain_per_layer_reference(zoo, null_sp
             d_in = pretrained[key].shape[1]
             init = method._lora_init(ctx, key, 4, d_in)
             update = _reference_step(
-                first[key] - pretrained[key], tasks[1][key] - pretrained[key], init, 6, 3, 20, 1e-2, null_space
+                first[key] - pretrained[key], tasks[1][key] - pretrained[key], init, 6, 3, 20, 1e-2, gate
             )
             torch.testing.assert_close(second[key], first[key] + update, atol=2e-5, rtol=1e-4)
+
+
+def test_lora_only_update_has_rank_at_most_r_l_and_lies_in_the_column_space_of_the_task_vector():
+    generator = torch.Generator().manual_seed(5)
+    d_out, d_in, rank, r_l = 40, 30, 6, 3
+    # τt of rank 6 in R^40: its column space is a proper subspace, so the check can fail
+    task_vector = (torch.randn(2, d_out, rank, generator=generator) @ torch.randn(2, rank, d_in, generator=generator))
+    previous = torch.randn(2, d_out, d_in, generator=generator)
+    init = 0.02 * torch.randn(2, r_l, d_in, generator=generator)
+    update, _ = filter_and_adapt(previous, task_vector, init, 8, 4, 100, 1e-2, gate="zero", solver="exact")
+    for layer in range(2):
+        values = torch.linalg.svdvals(update[layer])
+        assert values[0] > 1e-3  # the LoRA learned something
+        assert values[r_l] <= 1e-5 * values[0]  # rank(τt B A) <= r_l
+        columns = torch.linalg.svd(task_vector[layer], full_matrices=False).U[:, :rank]
+        outside = update[layer] - columns @ (columns.T @ update[layer])
+        assert outside.norm() <= 1e-5 * update[layer].norm()
+
+
+def test_lora_only_merge_step_is_a_low_rank_update_inside_the_new_task_vector(zoo):
+    pretrained, tasks = zoo  # task vectors of rank 6 in 32- to 64-dimensional layers
+    merger = make_merger("nufilt", pretrained, r_p=8, r_l=2, r_v=3, steps=20, lr=1e-2, filter="zero")
+    first = merger.add(tasks[0])
+    second = merger.add(tasks[1])
+    for key in merger.selected:
+        step = (second[key] - first[key]).double()
+        task_vector = (tasks[1][key] - pretrained[key]).double()
+        values = torch.linalg.svdvals(step)
+        assert values[0] > 0 and values[2] <= 1e-4 * values[0], key
+        columns = torch.linalg.svd(task_vector, full_matrices=False).U[:, :6]
+        assert (step - columns @ (columns.T @ step)).norm() <= 1e-4 * step.norm(), key
+
+
+def test_null_space_false_is_the_identity_filter_and_conflicts_are_rejected(zoo):
+    pretrained, tasks = zoo
+    options = {"r_p": 6, "r_l": 2, "steps": 5}
+    legacy = list(continual_merge(pretrained, tasks[:2], "nufilt", null_space=False, **options))[-1]
+    named = list(continual_merge(pretrained, tasks[:2], "nufilt", filter="identity", **options))[-1]
+    assert all(torch.equal(legacy[k], named[k]) for k in pretrained)
+    assert make_merger("nufilt", pretrained, null_space=True).method.options.filter == "null-space"
+    with pytest.raises(ValueError, match="null_space=False means filter='identity'"):
+        make_merger("nufilt", pretrained, null_space=False, filter="zero")
+    with pytest.raises(TypeError, match="null_space"):
+        make_merger("nufilt", pretrained, null_space="yes")
 
 
 def _lora_problem(seed: int, d_out: int, d_in: int, layers: int = 2, r_p: int = 4, r_v: int = 2, r_l: int = 3):
@@ -205,7 +255,7 @@ def test_paper_preset_selects_attention_projections_and_fc1_only(zoo):
         ("r_p", -1, ValueError),
         ("r_l", 2.5, TypeError),
         ("lr", 0.0, ValueError),
-        ("null_space", "yes", TypeError),
+        ("filter", "none", ValueError),
         ("other_params", "mean", ValueError),
         ("svd", "qr", ValueError),
         ("steps", -3, ValueError),

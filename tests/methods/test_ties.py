@@ -1,5 +1,6 @@
 """TIES trimming, sign election and disjoint mean, and the continual recursion."""
 
+import pytest
 import torch
 
 from nufilt.merge import continual_merge
@@ -20,6 +21,8 @@ def test_sign_election_and_disjoint_mean():
     b = torch.tensor([4.0, -1.0, -3.0, 0.0])
     # sums: 6 (+), 2 (+), -4 (-), 0 -> means over agreeing non-zero entries
     torch.testing.assert_close(elect_and_merge([a, b]), torch.tensor([3.0, 3.0, -2.0, 0.0]))
+    # the sum merge (the authors' continual config) adds the agreeing entries instead
+    torch.testing.assert_close(elect_and_merge([a, b], "sum"), torch.tensor([6.0, 3.0, -4.0, 0.0]))
 
 
 def test_continual_ties_adds_scaled_ties_of_previous_merged_and_new_task_vectors():
@@ -31,6 +34,20 @@ def test_continual_ties_adds_scaled_ties_of_previous_merged_and_new_task_vectors
     torch.testing.assert_close(merged[0]["w.weight"], torch.tensor([[5.0, 0.0, 0.0, 0.0, 0.0]]))
     # step 2: trimmed τ̄1 = [5,0,0,0,0], trimmed τ2 = [0,-8,0,0,0] -> disjoint, no conflict
     torch.testing.assert_close(merged[1]["w.weight"], torch.tensor([[7.5, -4.0, 0.0, 0.0, 0.0]]))
+
+
+def test_continual_ties_with_the_sum_merge_adds_agreeing_entries():
+    pretrained = {"w.weight": torch.zeros(1, 5)}
+    first = {"w.weight": torch.tensor([[10.0, 1.0, 1.0, 1.0, 1.0]])}
+    second = {"w.weight": torch.tensor([[6.0, 0.0, 0.0, 0.0, 0.0]])}
+    options = {"scale": 0.5, "top_k": 20.0}
+    mean = list(continual_merge(pretrained, [first, second], "ties", **options))[-1]
+    total = list(continual_merge(pretrained, [first, second], "ties", merge="sum", **options))[-1]
+    # τ̄1 = [5,0,0,0,0] and τ2 = [6,0,...] agree on entry 0: mean 5.5, sum 11, each times λ = 0.5
+    torch.testing.assert_close(mean["w.weight"], torch.tensor([[7.75, 0.0, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(total["w.weight"], torch.tensor([[10.5, 0.0, 0.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="merge"):
+        continual_merge(pretrained, [first], "ties", merge="max")
 
 
 def test_streaming_threshold_equals_a_global_kthvalue_without_concatenating():
