@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..statedict import PAPER_NUFILT_PATTERNS
-from ..subspace import SVD_SOLVERS, removed_energy, top_right_singular_vectors
+from ..subspace import SVD_SOLVERS, removed_energy, right_singular_basis
 from .base import (
     MergeMethod,
     StepContext,
@@ -179,11 +179,12 @@ def filter_and_adapt(
     2k < min(d_out, d_in); otherwise G stays exact. Returns the update and per-layer diagnostics.
     """
     if previous_basis is None:
-        previous_basis, prev_values = top_right_singular_vectors(previous, r_p, solver)  # (L, d_in, r_p)
+        previous_basis, prev_values, prev_solvers = right_singular_basis(previous, r_p, solver)  # (L, d_in, r_p)
     else:
         prev_values = previous_basis.new_zeros(previous_basis.shape[0], previous_basis.shape[-1])
+        prev_solvers = ["given"] * previous_basis.shape[0]
     gram_rank = gram_rank if 0 < 2 * gram_rank < min(task_vector.shape[-2:]) else 0
-    task_basis, task_values = top_right_singular_vectors(task_vector, max(r_v, gram_rank), solver)
+    task_basis, task_values, task_solvers = right_singular_basis(task_vector, max(r_v, gram_rank), solver)
     gram_factor = (task_basis, task_values) if gram_rank > 0 else None
     task_basis, task_values = task_basis[..., :r_v], task_values[..., :r_v]  # V_v: (L, d_in, r_v)
 
@@ -210,6 +211,7 @@ def filter_and_adapt(
         "removed_energy": removed_energy(task_vector, previous_basis, inside),
         "prev_singular_values": prev_values,
         "task_singular_values": task_values,
+        "basis_solvers": list(zip(prev_solvers, task_solvers, strict=True)),  # path per layer: (V_p, V_v)
     }
     return update, diagnostics
 
@@ -226,7 +228,7 @@ class NufiltOptions:
     other_params: str = "keep-pretrained"  # unselected parameters: see OTHER_PARAMS
     other_scale: float = 0.3  # λ when other_params == "task-arithmetic"
     first_step: str = "paper"  # "paper": θ̄1 = θ1; "filtered": the authors' code (see docs)
-    svd: str = "auto"  # bases: "exact" thin SVD, "lowrank" randomized, "auto" = lowrank for large layers
+    svd: str = "auto"  # bases: "auto" checked (equal to "exact" thin SVD), "gram", "lowrank" unchecked
     lora_solver: str = "adam"  # "adam": the paper's fit; "exact": closed-form minimiser of Eq. 16
     gram_rank: int = 0  # > 0: Adam uses τt's top-k spectral part of τtᵀτt (faster; 0 = exact)
 
@@ -287,6 +289,7 @@ class Nufilt(MergeMethod):
                         "loss_curve": diag["loss_curve"][i].tolist(),
                         "prev_singular_values": diag["prev_singular_values"][i].tolist(),
                         "task_singular_values": diag["task_singular_values"][i].tolist(),
+                        "basis_solvers": dict(zip(("previous", "task"), diag["basis_solvers"][i], strict=True)),
                     }
         ctx.info["layers"] = layers
         return merged
