@@ -215,6 +215,30 @@ def profile_step(pretrained, tasks, device: str, lines: int = 18) -> None:
     pstats.Stats(profiler).sort_stats("tottime").print_stats(lines)
 
 
+def continual_time(blocks: int, count: int, device: str, spectrum: str, **options) -> dict[str, float]:
+    """A `count`-task NUFILT merge, tasks generated one at a time: seconds of merge compute (steps
+    2..T, synchronised; task generation excluded) and the peak GPU memory of the merge."""
+    pretrained = vit_b32_state(blocks, seed=0)
+    merger = make_merger("nufilt", pretrained, device=device, **options)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    seconds, steps = 0.0, []
+    for t in range(count):
+        task = synthetic_task(pretrained, seed=1 + t, spectrum=spectrum)
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        merger.add(task)
+        if cuda:
+            torch.cuda.synchronize()
+        steps.append(time.perf_counter() - start)
+        seconds += steps[-1]
+        del task
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    return {"seconds": seconds, "max_step": max(steps[1:], default=0.0), "peak_gib": peak}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -231,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-authors", action="store_true", help="speed table: only this project's methods")
     parser.add_argument("--no-baselines", action="store_true", help="speed table: only NUFILT")
     parser.add_argument("--profile", action="store_true", help="cProfile of the default step (speed shapes)")
+    parser.add_argument("--merge-tasks", type=int, default=0, help="also time a T-task continual merge (12 blocks)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -250,6 +275,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spectrum:<14} {svd:<6} {mean:>13.4f} {worst:>7.4f} {to_exact:>11.4f} {off:>9.4f} "
                   f"{seconds:>7.2f}  {counts}")
 
+    if args.merge_tasks:
+        print(f"\n{args.merge_tasks}-task NUFILT merge, {blocks} ViT-B/32 blocks, spectrum {args.spectrum}, "
+              f"load average {_load()}")
+        for svd in ("auto", "exact"):
+            result = continual_time(blocks, args.merge_tasks, device, args.spectrum, svd=svd)
+            print(f"svd={svd:<6} merge compute {result['seconds']:.2f} s (slowest step {result['max_step']:.2f} s), "
+                  f"peak GPU memory {result['peak_gib']:.2f} GiB")
     if args.skip_speed and not args.profile:
         return 0
     pretrained = vit_b32_state(blocks, seed=0)

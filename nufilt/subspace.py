@@ -72,6 +72,7 @@ def right_singular_basis(
     oversample: int | None = None,
     power_iters: int = 3,
     seed: int = 0,
+    gram: torch.Tensor | None = None,
 ) -> RightBasis:
     """`top_right_singular_vectors` plus the path each matrix took.
 
@@ -83,7 +84,8 @@ def right_singular_basis(
     checked a posteriori (residual of each kept singular triple, `RESIDUAL_TOL`), failing ones get
     up to `REFINE_ITERS` two-sided subspace iterations, a randomized start that still fails is
     redone from the Gram eigenvectors, and what fails those too gets the thin SVD. "gram" is
-    checked the same way. The returned paths say which of these each matrix needed.
+    checked the same way. The returned paths say which of these each matrix needed. `gram`: MᵀM
+    when the caller has it (the starts then skip forming it; ignored for wide matrices).
     """
     d_out, d_in = matrix.shape[-2:]
     if not 0 <= k <= min(d_out, d_in):
@@ -91,6 +93,7 @@ def right_singular_basis(
     if solver not in SVD_SOLVERS:
         raise ValueError(f"unknown SVD solver {solver!r}; use one of {SVD_SOLVERS}")
     count = matrix[..., 0, 0].numel()
+    gram = None if d_out < d_in else gram
     if k == 0:
         empty = matrix.new_zeros(*matrix.shape[:-2], d_in, 0)
         return RightBasis(empty, matrix.new_zeros(*matrix.shape[:-2], 0), ["exact"] * count)
@@ -99,24 +102,27 @@ def right_singular_basis(
         _, values, vh = torch.linalg.svd(matrix, full_matrices=False)
         basis, values, solvers = vh[..., :k, :].mT, values[..., :k], ["exact"] * count
     elif solver == "lowrank":
-        basis, values = _randomized_right_basis(matrix, k, width, power_iters, seed)
+        basis, values = _randomized_right_basis(matrix, k, width, power_iters, seed, gram)
         solvers = ["lowrank"] * count
     else:
         start = "lowrank" if solver == "auto" and 8 * width <= min(d_out, d_in) else "gram"
         flat = matrix.reshape(count, d_out, d_in)
-        basis, values, solvers = _checked_basis(flat, k, width, start, power_iters, seed)
+        flat_gram = None if gram is None else gram.reshape(count, d_in, d_in)
+        basis, values, solvers = _checked_basis(flat, k, width, start, power_iters, seed, flat_gram)
         basis, values = basis.reshape(*matrix.shape[:-2], d_in, k), values.reshape(*matrix.shape[:-2], k)
     mask = numerical_rank_mask(values, max(d_out, d_in))
     return RightBasis(basis * mask.unsqueeze(-2).to(basis.dtype), values * mask, solvers)
 
 
-def _randomized_range(matrix: torch.Tensor, width: int, power_iters: int, seed: int) -> tuple[torch.Tensor, Callable]:
+def _randomized_range(
+    matrix: torch.Tensor, width: int, power_iters: int, seed: int, gram: torch.Tensor | None = None
+) -> tuple[torch.Tensor, Callable]:
     """An orthonormal (..., d_in, width) basis from a seeded sketch after `power_iters` subspace
     iterations on MᵀM (Halko et al.), and the map q -> MᵀM q it used. Tall matrices form MᵀM
-    once (cheaper than two products per iteration)."""
+    once (cheaper than two products per iteration); a given `gram` is used as it is."""
     d_out, d_in = matrix.shape[-2:]
-    if d_out > d_in:
-        gram = matrix.mT @ matrix  # (..., d_in, d_in)
+    if d_out > d_in or gram is not None:
+        gram = matrix.mT @ matrix if gram is None else gram  # (..., d_in, d_in)
 
         def apply(q: torch.Tensor) -> torch.Tensor:
             return gram @ q
@@ -134,10 +140,10 @@ def _randomized_range(matrix: torch.Tensor, width: int, power_iters: int, seed: 
 
 
 def _randomized_right_basis(
-    matrix: torch.Tensor, k: int, width: int, power_iters: int, seed: int
+    matrix: torch.Tensor, k: int, width: int, power_iters: int, seed: int, gram: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`_randomized_range` with a Rayleigh-Ritz finish on MᵀM in float64; unchecked."""
-    q, apply = _randomized_range(matrix, width, power_iters, seed)
+    q, apply = _randomized_range(matrix, width, power_iters, seed, gram)
     # eigenpairs of Qᵀ MᵀM Q give σ² and the rotation inside span(Q)
     small = (q.mT @ apply(q)).double()
     small = (small + small.mT) / 2
@@ -148,19 +154,20 @@ def _randomized_right_basis(
     return basis, values
 
 
-def _gram_range(matrix: torch.Tensor, width: int) -> torch.Tensor:
+def _gram_range(matrix: torch.Tensor, width: int, gram: torch.Tensor | None = None) -> torch.Tensor:
     """The top-`width` eigenvectors of the Gram matrix on the smaller side (one batched eigh), as
     an orthonormal (L, d_in, width) basis of the input space. Squaring costs accuracy only in the
     small directions; the Rayleigh-Ritz step and check in `_checked_basis` deal with that."""
     d_out, d_in = matrix.shape[-2:]
     if d_out >= d_in:
-        return torch.linalg.eigh(matrix.mT @ matrix).eigenvectors[..., -width:].flip(-1)
+        gram = matrix.mT @ matrix if gram is None else gram
+        return torch.linalg.eigh(gram).eigenvectors[..., -width:].flip(-1)
     left = torch.linalg.eigh(matrix @ matrix.mT).eigenvectors[..., -width:]  # (L, d_out, width)
     return torch.linalg.qr(matrix.mT @ left).Q
 
 
 def _checked_basis(
-    matrix: torch.Tensor, k: int, width: int, start: str, power_iters: int, seed: int
+    matrix: torch.Tensor, k: int, width: int, start: str, power_iters: int, seed: int, gram: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Rayleigh-Ritz on a start subspace, checked per matrix and refined; a randomized start that
     still fails is retried from the Gram eigenvectors, and what fails those gets the thin SVD.
@@ -168,6 +175,7 @@ def _checked_basis(
     matrix: (L, d_out, d_in). Each round, B = M Q = U_B S W_Bᵀ gives the triples (U_B, S, Q W_B);
     M v_i = σ_i u_i holds by construction, so the check is the other side, ‖Mᵀu_i − σ_i v_i‖, on
     the kept columns. Failing matrices go on with Q ← orth(Mᵀ U_B): one two-sided iteration.
+    gram: (L, d_in, d_in) MᵀM, or None.
     """
     d_out, d_in = matrix.shape[-2:]
     count = matrix.shape[0]
@@ -177,9 +185,9 @@ def _checked_basis(
     todo, current = torch.arange(count, device=matrix.device), matrix
     for source in ("lowrank", "gram") if start == "lowrank" else ("gram",):
         if source == "gram":
-            q = _gram_range(current, width)
+            q = _gram_range(current, width, gram)
         else:
-            q = _randomized_range(current, width, power_iters, seed)[0]
+            q = _randomized_range(current, width, power_iters, seed, gram)[0]
         for refined in range(REFINE_ITERS + 1):
             left, spectrum, rotation = torch.linalg.svd(current @ q, full_matrices=False)  # U_B, S, W_Bᵀ
             trial = q @ rotation[..., :k, :].mT  # (n, d_in, k)
@@ -191,6 +199,7 @@ def _checked_basis(
             for index in done.tolist():
                 solvers[index] = source if refined == 0 else f"{source}+{refined}"
             todo, current = todo[~passed], current[~passed]
+            gram = None if gram is None else gram[~passed]
             if todo.numel() == 0:
                 return basis, values, solvers
             if refined < REFINE_ITERS:

@@ -161,6 +161,23 @@ def test_checked_solvers_drop_round_off_directions_of_rank_deficient_inputs(solv
     assert float(affinity(exact, basis[0, :, :3].double())) > 1 - 1e-6
 
 
+@pytest.mark.parametrize("solver", ["auto", "gram", "lowrank"])
+def test_a_given_gram_matrix_is_used_as_it_is(solver):
+    matrix = _decaying(300, 200, seed=13, power=0.5)
+    own = right_singular_basis(matrix, 20, solver)
+    given = right_singular_basis(matrix, 20, solver, gram=matrix.mT @ matrix)
+    torch.testing.assert_close(given.basis, own.basis)
+    torch.testing.assert_close(given.values, own.values)
+    # a wrong Gram matrix is really used: the unchecked sketch goes wrong, the checked solvers
+    # catch the bad start and still return the right basis
+    wrong = right_singular_basis(matrix, 20, solver, gram=torch.eye(200))
+    if solver == "lowrank":
+        assert not torch.allclose(projector(wrong.basis), projector(own.basis), atol=1e-3)
+    else:
+        assert wrong.solvers != own.solvers
+        torch.testing.assert_close(projector(wrong.basis), projector(own.basis), atol=1e-4, rtol=0)
+
+
 def test_rank_out_of_range_and_unknown_solver_are_rejected():
     with pytest.raises(ValueError, match="rank 7 outside"):
         top_right_singular_vectors(torch.randn(4, 6), 7)

@@ -49,6 +49,7 @@ def fit_lora(
     lr: float,
     form: str = "auto",
     gram_factor: tuple[torch.Tensor, torch.Tensor] | None = None,
+    task_gram: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Adam on Eq. 16 with hand-written gradients; returns (A, B, per-layer loss curve (L, steps+1)).
 
@@ -60,6 +61,7 @@ def fit_lora(
     `gram_rank` option): G B then costs 4·d_in·k·r instead of 2·d_in²·r, and only the tail
     eigenvalues σ_{k+1}², ... of G are dropped from the trajectory. The loss curve's first point
     (B = 0) and last point are then still exact; the points in between are the truncated loss.
+    `task_gram`: G when the caller has already formed it.
     """
     lora_a = lora_init.clone()  # (L, r_l, d_in)
     lora_b = lora_init.new_zeros(lora_init.shape[0], lora_init.shape[2], lora_init.shape[1])  # (L, d_in, r_l)
@@ -72,7 +74,7 @@ def fit_lora(
         def apply_gram(matrix: torch.Tensor) -> torch.Tensor:
             return factor_basis @ (factor_weight * (factor_basis.mT @ matrix))
     elif gram:
-        gram_matrix = task_vector.mT @ task_vector  # G: (L, d_in, d_in)
+        gram_matrix = task_vector.mT @ task_vector if task_gram is None else task_gram  # G: (L, d_in, d_in)
 
         def apply_gram(matrix: torch.Tensor) -> torch.Tensor:
             return gram_matrix @ matrix
@@ -112,7 +114,7 @@ def fit_lora(
 
     history = []
     if lora_init.shape[1] > 0 and steps > 0:
-        optimizer = torch.optim.Adam([lora_a, lora_b], lr=lr)
+        optimizer = torch.optim.Adam([lora_a, lora_b], lr=lr, fused=True)  # one kernel: 3-4x less time than the loop
         for _ in range(steps):
             loss, lora_a.grad, lora_b.grad = loss_and_grads()
             optimizer.step()
@@ -184,7 +186,14 @@ def filter_and_adapt(
         prev_values = previous_basis.new_zeros(previous_basis.shape[0], previous_basis.shape[-1])
         prev_solvers = ["given"] * previous_basis.shape[0]
     gram_rank = gram_rank if 0 < 2 * gram_rank < min(task_vector.shape[-2:]) else 0
-    task_basis, task_values, task_solvers = right_singular_basis(task_vector, max(r_v, gram_rank), solver)
+    d_out, d_in = task_vector.shape[-2:]
+    # G = τtᵀτt, formed once for the task basis and the Adam loop's Gram form when that is used
+    adam_gram = not (lora_solver == "exact" and lora_init.shape[1] > 0) and gram_rank == 0
+    adam_gram = adam_gram and _use_gram(d_out, d_in, steps, lora_init.shape[1])
+    task_gram = task_vector.mT @ task_vector if adam_gram else None
+    task_basis, task_values, task_solvers = right_singular_basis(
+        task_vector, max(r_v, gram_rank), solver, gram=task_gram
+    )
     gram_factor = (task_basis, task_values) if gram_rank > 0 else None
     task_basis, task_values = task_basis[..., :r_v], task_values[..., :r_v]  # V_v: (L, d_in, r_v)
 
@@ -203,7 +212,7 @@ def filter_and_adapt(
     else:
         lora_a, lora_b, curve = fit_lora(
             task_vector, lora_init, previous_basis, task_basis, stability_fixed, fidelity_fixed, steps, lr,
-            gram_factor=gram_factor,
+            gram_factor=gram_factor, task_gram=task_gram,
         )
         update = filtered + (task_vector @ lora_b) @ lora_a
     diagnostics = {
