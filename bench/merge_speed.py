@@ -180,7 +180,8 @@ def layer_problem(pretrained, tasks, selected) -> tuple[list, list]:
 
 
 def equal_result_table(blocks: int, device: str, spectra: list[str]) -> list[tuple]:
-    """Per spectrum: Eq. 16 of svd="auto" / "exact" relative to the authors' algorithm, per layer."""
+    """Per spectrum: Eq. 16 of svd="auto" / "exact" / "lowrank" relative to the authors' algorithm
+    and to svd="exact", per layer."""
     r_p, r_l, r_v, steps, lr = 128, 64, 8, 50, 1e-3
     pretrained = vit_b32_state(blocks, seed=0)
     selected = sorted(make_merger("nufilt", pretrained).selected)
@@ -192,7 +193,7 @@ def equal_result_table(blocks: int, device: str, spectra: list[str]) -> list[tup
         reference_updates, _ = authors_step(previous, task_vectors, r_p, r_l, r_v, steps, lr, seed=0)
         reference = objective(previous, task_vectors, reference_updates, bases)
         results = {}
-        for svd in ("exact", "auto"):
+        for svd in ("exact", "auto", "lowrank"):  # lowrank: the unchecked randomized bases
             seconds, merged, info = time_step("nufilt", pretrained, tasks, device, svd=svd)
             updates = [merged[k].cpu() - tasks[0][k] for k in selected]
             results[svd] = (seconds, objective(previous, task_vectors, updates, bases), info)
@@ -215,28 +216,29 @@ def profile_step(pretrained, tasks, device: str, lines: int = 18) -> None:
     pstats.Stats(profiler).sort_stats("tottime").print_stats(lines)
 
 
-def continual_time(blocks: int, count: int, device: str, spectrum: str, **options) -> dict[str, float]:
-    """A `count`-task NUFILT merge, tasks generated one at a time: seconds of merge compute (steps
-    2..T, synchronised; task generation excluded) and the peak GPU memory of the merge."""
+def continual_time(blocks: int, count: int, device: str, spectrum: str, **options) -> tuple[dict[str, float], dict]:
+    """A `count`-task NUFILT merge, tasks generated one at a time: seconds of merge compute (all
+    steps, synchronised; task generation excluded), the peak GPU memory, and the merged state."""
     pretrained = vit_b32_state(blocks, seed=0)
     merger = make_merger("nufilt", pretrained, device=device, **options)
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    seconds, steps = 0.0, []
+    seconds, steps, merged = 0.0, [], {}
     for t in range(count):
         task = synthetic_task(pretrained, seed=1 + t, spectrum=spectrum)
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        merger.add(task)
+        merged = merger.add(task)
         if cuda:
             torch.cuda.synchronize()
         steps.append(time.perf_counter() - start)
         seconds += steps[-1]
         del task
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    return {"seconds": seconds, "max_step": max(steps[1:], default=0.0), "peak_gib": peak}
+    selected = {k: merged[k] - pretrained[k] for k in merger.selected}
+    return {"seconds": seconds, "max_step": max(steps, default=0.0), "peak_gib": peak}, selected
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,10 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge_tasks:
         print(f"\n{args.merge_tasks}-task NUFILT merge, {blocks} ViT-B/32 blocks, spectrum {args.spectrum}, "
               f"load average {_load()}")
+        deltas = {}
         for svd in ("auto", "exact"):
-            result = continual_time(blocks, args.merge_tasks, device, args.spectrum, svd=svd)
+            result, deltas[svd] = continual_time(blocks, args.merge_tasks, device, args.spectrum, svd=svd)
             print(f"svd={svd:<6} merge compute {result['seconds']:.2f} s (slowest step {result['max_step']:.2f} s), "
                   f"peak GPU memory {result['peak_gib']:.2f} GiB")
+        # equal result after T tasks: the merged task vectors of both runs, selected layers
+        auto, exact = deltas["auto"], deltas["exact"]
+        gaps = [float((auto[k] - exact[k]).norm() / exact[k].norm()) for k in exact]
+        print(f"‖τ̄_auto − τ̄_exact‖ / ‖τ̄_exact‖ after {args.merge_tasks} tasks: mean {sum(gaps) / len(gaps):.2e}, "
+              f"max {max(gaps):.2e} over {len(gaps)} layers")
     if args.skip_speed and not args.profile:
         return 0
     pretrained = vit_b32_state(blocks, seed=0)
