@@ -31,7 +31,8 @@ if not choice.offline:
     left.text_input("Local test sets (optional; default: the Hub)", key="setup.data_dir", placeholder="/data/test-sets",
                     help="DIR/<task>/test/<label>/*.png for image tasks, DIR/<task>/test.jsonl for GLUE", **KEEP)
 if choice.spec == EMBEDDED:
-    left.caption(f"Zoo preset `{appstate.zoo_preset()}` (set `NUFILT_ZOO_PRESET=micro` for a seconds-to-build zoo); "
+    left.caption(f"Zoo preset `{appstate.zoo_preset()}` (`NUFILT_ZOO_PRESET=quick`: a smoke-test zoo of all 20 "
+                 "tasks that builds in about a minute); "
                  f"cache folder `{ui.cache_dir() or 'cache/'}` (`NUFILT_CACHE_DIR`).")
 
 groups = appstate.task_groups(appstate.pool_size(choice.spec, appstate.zoo_preset()))
