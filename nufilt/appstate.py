@@ -817,7 +817,8 @@ def qualitative_checks(run: Mapping[str, Mapping[str, float]], paper_rows: Seque
     """Each claim of `QUALITATIVE_CLAIMS`: does it hold in the paper's column, and in this run?
 
     `run`: {method label: {"acc": ..., "bwt": ...}}; `paper_rows`: `paper.paper_reference` rows.
-    Only methods present in both are compared. Columns: claim, paper, run (True/False/None).
+    Only methods present in both are compared. Columns: claim, paper, run (True/False/None),
+    note (why a claim cannot be checked, else empty).
     """
     paper = {row["label"]: row for row in paper_rows if row.get("label") and row.get("acc") is not None}
     common = [label for label in run if label in paper]
@@ -837,10 +838,19 @@ def qualitative_checks(run: Mapping[str, Mapping[str, float]], paper_rows: Seque
 
     paper_facts = facts(paper)
     run_facts = facts(run)
+    notes = [""] * len(QUALITATIVE_CLAIMS)
+    named = ", ".join(common) or "none"
+    if not ("nufilt" in common and len(common) > 1):
+        notes[0] = notes[1] = f"needs nufilt and another method the paper reports (compared: {named})"
+    if not common:
+        notes[2] = "no method of this run is in the paper's table"
     if len(common) >= 3:
         tau = _kendall_tau([paper[m]["acc"] for m in common], [run[m]["acc"] for m in common])
         paper_facts[3], run_facts[3] = True, bool(tau > 0)
-    return pd.DataFrame({"claim": QUALITATIVE_CLAIMS, "paper": paper_facts, "run": run_facts})
+        notes[3] = f"τ = {tau:.2f} over {len(common)} methods"
+    else:
+        notes[3] = f"a ranking needs at least 3 methods the paper reports (compared: {named})"
+    return pd.DataFrame({"claim": QUALITATIVE_CLAIMS, "paper": paper_facts, "run": run_facts, "note": notes})
 
 
 def comparison_table(run: Mapping[str, Mapping[str, float]], paper_rows: Sequence[Mapping]) -> pd.DataFrame:

@@ -103,5 +103,7 @@ st.markdown(f"**Table {'2 (Flan-T5)' if reference_backbone.startswith('flan') el
             f"{'ViT-B/32 (qualitative reference)' if embedded else reference_backbone}, {reference_tasks} tasks:")
 numbers = ["paper ACC", "paper BWT", "run ACC", "run BWT"]
 shown = pd.DataFrame(rows, columns=["paper row", *numbers])
+shown = shown.iloc[shown["run ACC"].isna().argsort(kind="stable")]  # this run's rows first, in the paper's order
 shown[numbers] = shown[numbers].apply(lambda column: column.map(lambda v: "–" if pd.isna(v) else f"{v:.1f}"))
-st.dataframe(shown, hide_index=True)  # "–": no number (the paper has no BWT for reference rows)
+# every row visible without scrolling inside the table; "–": no number (no BWT for reference rows)
+st.dataframe(shown, hide_index=True, height=36 * (len(shown) + 1) + 2)

@@ -242,6 +242,13 @@ def test_qualitative_checks_against_the_paper_rows():
     assert checks["run"].tolist() == [True, True, True, True]
     worse = {**run, "nufilt": {"acc": 50, "bwt": -9}, "opcm": {"acc": 65, "bwt": 2}}
     assert appstate.qualitative_checks(worse, rows)["run"].tolist() == [False, False, False, False]
+    assert checks.loc[appstate.QUALITATIVE_CLAIMS[3], "note"].startswith("τ = 1.00 over 3 methods")
+    two = appstate.qualitative_checks({"nufilt": run["nufilt"], "opcm": run["opcm"]}, rows).set_index("claim")
+    assert two.loc[appstate.QUALITATIVE_CLAIMS[3], "run"] is None
+    assert "at least 3 methods" in two.loc[appstate.QUALITATIVE_CLAIMS[3], "note"] and "nufilt, opcm" in two.loc[
+        appstate.QUALITATIVE_CLAIMS[3], "note"]
+    alone = appstate.qualitative_checks({"opcm": run["opcm"]}, rows).set_index("claim")
+    assert "needs nufilt" in alone.loc[appstate.QUALITATIVE_CLAIMS[0], "note"]
     table = appstate.comparison_table(run, rows)
     assert set(table["source"]) == {"paper", "this run"} and len(table) == 6
     assert appstate.reference_column("clip-vit-b16", 14) == ("clip-vit-b16", 14)
