@@ -915,6 +915,8 @@ def save_to_folder(backbone: Backbone, state: StateDict, folder: str, card_info:
     target = Path(os.path.expanduser(folder.strip()))
     if roots is not None:
         target = check_allowed(folder, roots, "folder to save to")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"{target} exists and is not empty; type a new or empty folder")
     return save_merged(backbone, state, target, card_info)
 
 

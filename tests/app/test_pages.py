@@ -133,7 +133,8 @@ def test_the_merged_model_can_be_saved_to_a_folder(app, tmp_path, monkeypatch):
     assert any(str(target) in s.value for s in app.success)
     assert (target / "README.md").is_file() and (target / "nufilt_merge.json").is_file()
     app.button(key="merge.save").click().run()  # the folder is not empty any more
-    assert any("Could not save" in e.value for e in app.error)
+    assert any("Could not save" in e.value and "type a new or empty folder" in e.value for e in app.error)
+    assert not any("overwrite=True" in e.value for e in app.error)  # the page has no such control
 
 
 def test_folder_inputs_are_confined_to_the_allowed_roots(app, tmp_path, monkeypatch):
