@@ -765,8 +765,12 @@ def default_pairs(tasks: Sequence[str]) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- ranks
 
 
-def parse_values(text: str) -> list[int]:
-    """ "0, 8, 16" or "0-32:8" -> sorted distinct non-negative integers (ValueError otherwise)."""
+MAX_SWEEP_POINTS = 24  # each point merges every task of the order once and scores it
+
+
+def parse_values(text: str, limit: int = MAX_SWEEP_POINTS) -> list[int]:
+    """ "0, 8, 16" or "0-32:8" -> sorted distinct non-negative integers, at most `limit` of them
+    (ValueError otherwise, before any range is expanded)."""
     values: set[int] = set()
     for part in filter(None, (p.strip() for p in re.split(r"[,\s]+", text))):
         match = re.fullmatch(r"(\d+)-(\d+):(\d+)", part)
@@ -774,6 +778,9 @@ def parse_values(text: str) -> list[int]:
             low, high, stride = map(int, match.groups())
             if stride < 1 or high < low:
                 raise ValueError(f"bad range {part!r}: use LOW-HIGH:STEP with LOW <= HIGH and STEP >= 1")
+            if (high - low) // stride + 1 > limit:
+                raise ValueError(f"{part!r} is {(high - low) // stride + 1} points; a sweep takes at most {limit} "
+                                 "(each point merges every task): use a larger STEP")
             values.update(range(low, high + 1, stride))
         elif part.isdigit():
             values.add(int(part))
@@ -781,6 +788,8 @@ def parse_values(text: str) -> list[int]:
             raise ValueError(f"ranks must be non-negative integers (or LOW-HIGH:STEP ranges), got {part!r}")
     if not values:
         raise ValueError("no rank values given")
+    if len(values) > limit:
+        raise ValueError(f"{len(values)} points; a sweep takes at most {limit} (each point merges every task)")
     return sorted(values)
 
 

@@ -9,6 +9,8 @@ nav.require_app()
 
 st.title("Rank sensitivity")
 
+import time
+
 import pandas as pd
 
 from nufilt import appstate, figures
@@ -51,8 +53,11 @@ try:
 except ValueError as error:
     st.error(f"Bad ranks: {error}")
     st.stop()
-if max(values) > wide:
-    st.warning(f"{parameter} values above {wide} are clamped to the layer size, so they repeat the point at {wide}.")
+if max(values) > wide:  # a rank above the layer size is the layer size: compute and plot it there
+    clamped = [value for value in values if value > wide]
+    values = sorted({min(value, wide) for value in values})
+    st.warning(f"{parameter} = {', '.join(map(str, clamped))} exceed{'s' if len(clamped) == 1 else ''} the layer "
+               f"size and {'is' if len(clamped) == 1 else 'are'} clamped to {wide} (the point at {wide}).")
 
 # NUFILT's other options as chosen on Setup (steps, lr, ...); the ranks come from the sweep
 options = tuple(sorted((k, v) for k, v in config.options_for("nufilt").items() if k not in RANKS))
@@ -65,8 +70,11 @@ def point_key(value: int) -> tuple:
 
 
 missing = [value for value in values if point_key(value) not in computed]
-if missing and st.button(f"Compute {len(missing)} missing point(s)", type="primary", key="ranks.compute"):
+per_point = st.session_state.get("ranks.seconds_per_point")
+estimate = f", about {len(missing) * per_point:.0f} s" if per_point else ""
+if missing and st.button(f"Compute {len(missing)} missing point(s){estimate}", type="primary", key="ranks.compute"):
     bar = st.progress(0.0, text="sweeping…")
+    started = time.perf_counter()
     for i, value in enumerate(missing):
         bar.progress(i / len(missing), text=f"{parameter} = {value}: merging {len(run.order)} tasks")
         try:
@@ -76,6 +84,7 @@ if missing and st.button(f"Compute {len(missing)} missing point(s)", type="prima
             st.error(f"{parameter} = {value}: {error}")
             break
         computed.append(point_key(value))
+        st.session_state["ranks.seconds_per_point"] = (time.perf_counter() - started) / (i + 1)
     bar.empty()
     missing = [value for value in values if point_key(value) not in computed]
 if missing:

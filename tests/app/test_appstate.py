@@ -84,9 +84,10 @@ def test_only_changed_options_are_overrides_and_configs_are_hashable():
 def test_parse_rank_values():
     assert appstate.parse_values("8, 0 4,4") == [0, 4, 8]
     assert appstate.parse_values("0-16:8") == [0, 8, 16]
-    for bad in ("", "-1", "a", "8-4:2"):
+    for bad in ("", "-1", "a", "8-4:2", "1-1000:1", ",".join(map(str, range(30)))):
         with pytest.raises(ValueError):
             appstate.parse_values(bad)
+    assert len(appstate.parse_values("1-1000:50")) == 20
 
 
 # ---------------------------------------------------------------- the run on the micro zoo

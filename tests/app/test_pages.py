@@ -196,10 +196,19 @@ def test_ranks_page_computes_points_once_and_reuses_them(app):
     curve = chart(app, "NUFILT rank sensitivity: r_p")
     assert values(curve["data"][0]["x"]) == [0, 4]
     app.text_input(key="ranks.values.r_p").set_value("0, 4, 8").run()
-    assert [b.label for b in app.button if b.key == "ranks.compute"] == ["Compute 1 missing point(s)"]
+    labels = [b.label for b in app.button if b.key == "ranks.compute"]
+    assert len(labels) == 1 and labels[0].startswith("Compute 1 missing point(s), about ")  # timed from the first two
     app.text_input(key="ranks.values.r_p").set_value("0, x").run()
     assert not app.exception
     assert any("Bad ranks" in e.value for e in app.error)
+    app.text_input(key="ranks.values.r_p").set_value("1-1000:1").run()  # 1000 points: refused before any work
+    assert any("at most 24" in e.value for e in app.error)
+    app.text_input(key="ranks.values.r_p").set_value("4, 100000").run()
+    app.button(key="ranks.compute").click().run()
+    assert_clean(app)
+    assert any("clamped to" in w.value for w in app.warning)
+    curve = chart(app, "NUFILT rank sensitivity: r_p")
+    assert max(values(curve["data"][0]["x"])) < 100000  # plotted where it was computed: the layer size
 
 
 def test_paper_page_compares_the_run_qualitatively_on_the_embedded_zoo(app):
