@@ -252,6 +252,7 @@ class PrepareJob:
         self.error: str | None = None
         self.seconds = 0.0
         self._thread: threading.Thread | None = None
+        self._started: float | None = None
         self._guard = threading.Lock()
 
     def start(self) -> None:
@@ -272,6 +273,14 @@ class PrepareJob:
     def _progress(self, message: str, fraction: float) -> None:
         self.message, self.fraction = message, min(max(float(fraction), 0.0), 1.0)
 
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate so far (the build weights its stages by measured cost); None
+        before 3% is done or when not running."""
+        if self.state != "running" or self._started is None or not 0.03 <= self.fraction < 1.0:
+            return None
+        elapsed = time.perf_counter() - self._started
+        return elapsed * (1.0 - self.fraction) / self.fraction
+
     def _finish(self, state: str, error: str | None = None) -> None:
         with self._guard:
             self.state, self.error = state, error
@@ -279,7 +288,7 @@ class PrepareJob:
                 self.message, self.fraction = "ready", 1.0
 
     def _run(self) -> None:
-        start = time.perf_counter()
+        start = self._started = time.perf_counter()
         try:
             with _PREPARE_LOCK:
                 prepare = getattr(self.backbone, "prepare", None)

@@ -146,7 +146,11 @@ def prepare_panel(job: appstate.PrepareJob, autostart: bool) -> bool:
     def poll() -> None:
         if job.state != "running":
             st.rerun()  # the whole page: the models are ready (or failed)
-        st.progress(job.fraction, text=f"Building / loading the models: {job.message}")
+        eta = job.eta_seconds()
+        left = ""
+        if eta is not None:
+            left = f" · about {eta / 60:.0f} min left" if eta >= 90 else f" · about {eta:.0f} s left"
+        st.progress(job.fraction, text=f"Building / loading the models: {job.message}{left}")
         st.caption("This runs in the background: you can keep choosing settings or switch pages.")
 
     st.fragment(poll, run_every=1.0)()

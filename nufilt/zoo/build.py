@@ -438,6 +438,19 @@ def build_workers(config: ZooConfig, missing: int) -> int:
     return max(1, min(wanted, missing))
 
 
+def pretrain_share(config: ZooConfig, pretrain_needed: bool, finetunes: int, workers: int = 1) -> float:
+    """The pre-training's share of a build's time: training images processed, pre-training
+    (steps x batch) against the missing fine-tunings (steps x batch each, spread over `workers`
+    processes at the 1.56x measured for two). Measured on the 2-core machine (bench/zoo_build.py):
+    1.5 ms per pre-training image, 1.95 ms per fine-tuning image (one thread each)."""
+    if not pretrain_needed:
+        return 0.0
+    pretraining = 1.5 * config.pretrain_steps * config.pretrain_batch
+    speedup = 1.0 if workers <= 1 else 1.56 * workers / 2
+    finetuning = 1.95 * finetunes * config.finetune_steps * config.finetune_batch / speedup
+    return pretraining / (pretraining + finetuning) if pretraining + finetuning > 0 else 1.0
+
+
 def build_zoo(
     config: ZooConfig,
     tasks: Sequence[str] | None = None,
@@ -446,19 +459,20 @@ def build_zoo(
     workers: int | None = 1,
 ) -> dict:
     """Build (or verify) the pre-trained model, the heads and the fine-tuned `tasks`; returns the
-    manifest. `progress(message, fraction)` receives the overall fraction done (pre-training
-    counts as a quarter of the work when it has to run). Missing task models are fine-tuned in
+    manifest. `progress(message, fraction)` receives the overall fraction done, each stage
+    weighted by its measured cost (`pretrain_share`). Missing task models are fine-tuned in
     `workers` processes (None: `build_workers` decides, as the CLI and the app do), with the same
     result as one by one. The default stays in this process: spawned workers re-import the
     caller's main script, which must then be guarded by `if __name__ == "__main__":`."""
     tasks = list(config.tasks if tasks is None else tasks)
     data = TaskData(config)
-    pre_share = 0.0 if pretrained_folder(config, cache_dir).exists() else 0.25
-    heads = ensure_heads(config, cache_dir, data, lambda message, f: progress(message, pre_share * f))
     root = finetuned_root(config, cache_dir)
     missing = [t for t in tasks if check_integrity(root / t, deep=False) is not None]
     workers = build_workers(config, len(missing)) if workers is None else min(workers, len(missing))
+    pre_share = pretrain_share(config, not pretrained_folder(config, cache_dir).exists(), len(missing), max(workers, 1))
+    heads = ensure_heads(config, cache_dir, data, lambda message, f: progress(message, pre_share * f))
     if workers > 1:
+        progress(f"starting {workers} processes to fine-tune {len(missing)} task models", pre_share)
         _finetune_in_processes(config, missing, cache_dir, workers,
                                lambda message, f: progress(message, pre_share + (1 - pre_share) * f))
     folders = {}
