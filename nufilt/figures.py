@@ -15,11 +15,30 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from .analysis.layers import layer_kind
 from .methods import ABLATIONS, METHODS
 
-# one colour per method label, the same in every figure
-_PALETTE = qualitative.D3 + qualitative.Set2
-METHOD_COLORS = {label: _PALETTE[i % len(_PALETTE)] for i, label in enumerate([*METHODS, *ABLATIONS])}
+# one colour per method label, the same in every figure: NUFILT red and its ablations in reds,
+# the baselines in distinct hues; tasks use another palette (TASK_COLORS), never these
+_FIXED = {
+    "nufilt": "#d62728", "opcm": "#1f77b4", "task_arithmetic": "#ff7f0e", "weight_average": "#7f7f7f",
+    "ties": "#2ca02c", "magmax": "#9467bd", "wudi": "#8c564b", "iso_c": "#17becf", "tsv_m": "#bcbd22",
+    "knots_ties": "#e377c2", "naive": "#fcae91", "null_space_only": "#a50f15", "no_filter": "#fb6a4a",
+    "lora_only": "#67000d",
+}
+_SPARE = qualitative.Set2
+METHOD_COLORS = {label: _FIXED.get(label, _SPARE[i % len(_SPARE)]) for i, label in enumerate([*METHODS, *ABLATIONS])}
+TASK_COLORS = qualitative.Alphabet  # 26 colours, for per-task lines
+
+
+def short_layer(key: str) -> str:
+    """"encoder.layers.2.mlp.fc1.weight" -> "block 2 · fc1" (the block and the layer's own name)."""
+    parts = [p for p in key.split(".") if p not in ("weight", "bias", "in_proj_weight")]
+    block = next((p for p in parts if p.isdigit()), None)
+    name = parts[-1] if parts else key
+    if key.endswith("in_proj_weight"):
+        name = "in_proj"
+    return f"block {block} · {name}" if block is not None else name
 ACCURACY_SCALE = "Viridis"
 AFFINITY_SCALE = "Blues"
 
@@ -97,7 +116,8 @@ def task_accuracy_lines(accuracy: pd.DataFrame, order: Sequence[str]) -> go.Figu
     methods = _methods(accuracy)
     fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True,
                         horizontal_spacing=0.03)
-    palette = qualitative.Dark24
+    palette = TASK_COLORS
+    in_legend: set[str] = set()
     for col, method in enumerate(methods, start=1):
         rows = accuracy[accuracy["method"] == method]
         for i, task in enumerate(order):
@@ -107,14 +127,17 @@ def task_accuracy_lines(accuracy: pd.DataFrame, order: Sequence[str]) -> go.Figu
             fig.add_trace(
                 go.Scatter(
                     x=line["step"], y=line["accuracy"], mode="lines+markers", name=task, legendgroup=task,
-                    showlegend=col == 1, line={"color": palette[i % len(palette)]},
+                    showlegend=task not in in_legend, line={"color": palette[i % len(palette)]},
                     hovertemplate=f"{method}<br>task {task}<br>step %{{x}}: %{{y:.1f}}%<extra></extra>",
                 ),
                 row=1, col=col,
             )
+            in_legend.add(task)
         fig.update_xaxes(title_text="step t", dtick=1, range=[0.5, len(order) + 0.5], row=1, col=col)
     fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
-    fig.update_layout(title=title, height=380, legend_title_text="task")
+    # every task in the legend, in rows under the plot (a side legend was cut at the plot height)
+    fig.update_layout(title=title, height=400 + 22 * ((len(order) + 3) // 4), legend_title_text="task",
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0})
     return fig
 
 
@@ -158,9 +181,9 @@ def removed_energy_bars(layers: pd.DataFrame, step: int) -> go.Figure:
         mine = rows[rows["method"] == method]
         fig.add_trace(
             go.Bar(
-                x=mine["layer"], y=mine["removed_energy"], name=method, marker_color=method_color(method),
-                customdata=mine[["kind"]].to_numpy() if "kind" in mine else None,
-                hovertemplate=f"{method}<br>layer %{{x}}<br>removed energy %{{y:.3f}}<extra></extra>",
+                x=[short_layer(key) for key in mine["layer"]], y=mine["removed_energy"], name=method,
+                marker_color=method_color(method), customdata=mine["layer"].to_numpy(),
+                hovertemplate=f"{method}<br>%{{customdata}}<br>removed energy %{{y:.3f}}<extra></extra>",
             )
         )
     fig.update_layout(
@@ -184,25 +207,34 @@ def lora_loss_curves(curves: pd.DataFrame, step: int) -> go.Figure:
         return _empty(title, f"no LoRA fit at step {step} (step 1, r_l = 0, or no NUFILT method)")
     methods = _methods(rows)
     fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True)
+    kinds = {"attention": "solid", "mlp": "dash", "other": "dot"}
     for col, method in enumerate(methods, start=1):
-        x, y, layer = [], [], []
-        for name, line in rows[rows["method"] == method].groupby("layer", sort=False):
-            x += [*line["iteration"], None]
-            y += [*line["loss"], None]
-            layer += [name] * len(line) + [None]
-        fig.add_trace(
-            go.Scatter(
-                x=x, y=y, mode="lines", name=method, showlegend=False, line={"width": 1.2,
-                                                                           "color": method_color(method)},
-                customdata=layer, connectgaps=False,
-                hovertemplate=f"{method}<br>layer %{{customdata}}<br>iteration %{{x}}: %{{y:.4g}}<extra></extra>",
-            ),
-            row=1, col=col,
-        )
+        mine = rows[rows["method"] == method]
+        for kind, dash in kinds.items():  # one trace per layer kind, its layers separated by gaps
+            x, y, layer = [], [], []
+            for name, line in mine.groupby("layer", sort=False):
+                if layer_kind(name) != kind:
+                    continue
+                x += [*line["iteration"], None]
+                y += [*line["loss"], None]
+                layer += [short_layer(name)] * len(line) + [None]
+            if not x:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=x, y=y, mode="lines", name=f"{kind} layers", legendgroup=kind, showlegend=col == 1,
+                    line={"width": 1.2, "color": method_color(method), "dash": dash}, customdata=layer,
+                    connectgaps=False,
+                    hovertemplate=f"{method}<br>%{{customdata}}<br>iteration %{{x}}: %{{y:.4g}}<extra></extra>",
+                ),
+                row=1, col=col,
+            )
         fig.update_xaxes(title_text="Adam iteration", row=1, col=col)
-    positive = bool((rows["loss"] > 0).all())
-    fig.update_yaxes(title_text="loss", type="log" if positive else "linear", row=1, col=1)
-    fig.update_layout(title=title, height=360)
+    low, high = float(rows["loss"].min()), float(rows["loss"].max())
+    if low > 0 and high / low >= 10:  # log only over a decade or more, with one labelled tick per decade
+        fig.update_yaxes(type="log", dtick=1, exponentformat="power")
+    fig.update_yaxes(title_text="loss (Eq. 16)", row=1, col=1)
+    fig.update_layout(title=title, height=360, legend_title_text="line style")
     return fig
 
 

@@ -47,18 +47,38 @@ def test_task_lines_and_acc_bwt_lines_have_one_trace_per_task_and_method():
 
 
 def test_removed_energy_and_lora_loss_show_only_the_chosen_step():
-    layers = pd.DataFrame({"method": "nufilt", "step": [2, 2, 3], "layer": ["l0", "l1", "l0"],
+    key0, key1 = "encoder.layers.0.self_attn.q_proj.weight", "encoder.layers.1.mlp.fc1.weight"
+    layers = pd.DataFrame({"method": "nufilt", "step": [2, 2, 3], "layer": [key0, key1, key0],
                            "kind": "attention", "removed_energy": [0.1, 0.4, 0.2]})
     bars = figures.removed_energy_bars(layers, 2)
-    assert list(bars.data[0].y) == [0.1, 0.4] and "layer %{x}" in bars.data[0].hovertemplate
-    curves = pd.DataFrame({"method": "nufilt", "step": 2, "layer": ["l0"] * 3 + ["l1"] * 3,
-                           "iteration": [0, 1, 2] * 2, "loss": [3.0, 2.0, 1.0, 5.0, 4.0, 3.5]})
+    assert list(bars.data[0].y) == [0.1, 0.4]
+    assert list(bars.data[0].x) == ["block 0 · q_proj", "block 1 · fc1"]  # short labels, full name on hover
+    assert list(bars.data[0].customdata) == [key0, key1] and "%{customdata}" in bars.data[0].hovertemplate
+    curves = pd.DataFrame({"method": "nufilt", "step": 2, "layer": [key0] * 3 + [key1] * 3,
+                           "iteration": [0, 1, 2] * 2, "loss": [30.0, 2.0, 1.0, 5.0, 4.0, 3.5]})
     fig = figures.lora_loss_curves(curves, 2)
-    assert len(fig.data) == 1 and fig.layout.yaxis.type == "log"  # the layers of a method share a trace
-    assert list(fig.data[0].y) == [3.0, 2.0, 1.0, None, 5.0, 4.0, 3.5, None]
-    assert list(fig.data[0].customdata) == ["l0"] * 3 + [None] + ["l1"] * 3 + [None]
+    # one trace per layer kind (solid attention, dashed MLP) in a legend; log axis over >= a decade
+    assert [trace.name for trace in fig.data] == ["attention layers", "mlp layers"]
+    assert [trace.line.dash for trace in fig.data] == ["solid", "dash"] and fig.layout.yaxis.type == "log"
+    assert fig.layout.yaxis.dtick == 1  # one labelled tick per decade: no overlapping 0.2 / 2 labels
+    assert list(fig.data[0].y) == [30.0, 2.0, 1.0, None] and list(fig.data[1].customdata)[0] == "block 1 · fc1"
+    narrow = figures.lora_loss_curves(curves.assign(loss=[3.0, 2.0, 1.0, 2.5, 2.0, 1.5]), 2)
+    assert narrow.layout.yaxis.type != "log"  # less than a decade: a linear axis reads better
     empty = figures.lora_loss_curves(curves, 1)
     assert not empty.data and "no LoRA fit" in empty.layout.annotations[0].text
+
+
+def test_every_task_is_in_the_legend_and_methods_and_tasks_use_separate_colours():
+    order = [f"task{i}" for i in range(8)]
+    accuracy = pd.DataFrame([{"method": m, "step": t, "task": order[i], "accuracy": 50.0}
+                             for m in ("nufilt", "opcm") for t in range(1, 9) for i in range(t)])
+    fig = figures.task_accuracy_lines(accuracy, order)
+    shown = [trace.name for trace in fig.data if trace.showlegend]
+    assert shown == order and fig.layout.legend.orientation == "h"
+    task_colors = {trace.line.color for trace in fig.data}
+    method_colors = {figures.method_color(m) for m in [*figures.METHOD_COLORS]}
+    assert not task_colors & method_colors
+    assert len(set(figures.METHOD_COLORS.values())) == len(figures.METHOD_COLORS)  # one colour per method
 
 
 def test_affinity_heatmaps_and_ecdf_carry_tasks_layers_and_the_baseline():
