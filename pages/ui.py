@@ -246,12 +246,13 @@ def merge_controls(run: appstate.MultiRun, prefix: str) -> None:
         except Exception as error:  # e.g. a rejected task: the run keeps its last good state
             st.error(f"The merge step failed: {type(error).__name__}: {error}")
         bar.empty()
-    left, middle, right, info = controls.columns([1, 1, 0.7, 3.3], vertical_alignment="center")
-    left.button("Merge next task", key=f"{prefix}.step", type="primary", disabled=run.finished)
-    middle.button("Run to the end", key=f"{prefix}.end", disabled=run.finished)
-    right.button("Reset", key=f"{prefix}.reset", disabled=run.steps_done == 0)
+    # buttons sized to their labels in a row that wraps (fixed columns clipped them to "Merge…" at 1000 px)
+    buttons = controls.container(horizontal=True, gap="small")
+    buttons.button("Merge next task", key=f"{prefix}.step", type="primary", disabled=run.finished)
+    buttons.button("Run to the end", key=f"{prefix}.end", disabled=run.finished)
+    buttons.button("Reset", key=f"{prefix}.reset", disabled=run.steps_done == 0)
     upcoming = run.next_task()
-    info.markdown(
+    controls.markdown(
         f"**Step {run.steps_done} / {len(run.order)}** · "
         + (f"next task: `{upcoming}`" if upcoming else "all tasks merged")
         + (f" · last step took {run.last_step_seconds:.2f} s ({run.last_step_cpu_seconds:.2f} s CPU)"
