@@ -20,8 +20,10 @@ summary = run.summary()
 if run.steps_done:
     columns = st.columns(len(summary))
     for column, row in zip(columns, summary.itertuples(), strict=True):
-        column.metric(f"{row.method}: ACC after {row.steps} tasks", f"{row.acc:.1f}%", f"{row.bwt:+.1f} BWT",
-                      help="BWT: mean change of earlier tasks' accuracy since each was merged (forgetting < 0)")
+        # BWT needs an earlier task: none after the first step (no arrow, no green "+0.0")
+        bwt = f"{row.bwt:+.1f} BWT" if row.steps > 1 else None
+        column.metric(f"{row.method}: ACC after {row.steps} task{'s' if row.steps != 1 else ''}", f"{row.acc:.1f}%",
+                      bwt, help="BWT: mean change of earlier tasks' accuracy since each was merged (forgetting < 0)")
 
 accuracy, metrics = run.accuracy(), run.metrics()
 ui.chart(figures.accuracy_matrices(accuracy, run.order), accuracy, "accuracy_matrix")

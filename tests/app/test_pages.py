@@ -98,10 +98,12 @@ def test_merge_page_steps_change_the_accuracy_matrix(app):
     assert len(after) == 2 and all(0 <= cell <= 100 for cell in after)  # a_1(θ̄_1) of each method
     assert any("Step 1 / 3" in m.value for m in app.markdown)
     assert len(app.metric) == 2  # ACC/BWT of nufilt and opcm
+    assert all(m.label.endswith("after 1 task") and not m.delta for m in app.metric)  # no BWT at step 1
 
     app.button(key="merge.end").click().run()
     assert_clean(app)
     assert any("Step 3 / 3" in m.value for m in app.markdown)
+    assert all(m.label.endswith("after 3 tasks") and "BWT" in m.delta for m in app.metric)
     assert len(heatmap_cells(app)) == 2 * 6  # the lower triangle of 3x3, per method
     curves = chart(app, "LoRA loss")
     assert curves["data"], "NUFILT's LoRA loss curves are drawn at step 3"
