@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import nufilt.subspace as subspace
 from nufilt.subspace import (
     affinity,
     null_space_projector,
@@ -14,6 +15,7 @@ from nufilt.subspace import (
     projector,
     random_affinity_baseline,
     removed_energy,
+    right_singular_basis,
     top_right_singular_vectors,
 )
 
@@ -88,6 +90,92 @@ def test_lowrank_solver_on_a_decaying_spectrum_without_gap():
     exact, _ = top_right_singular_vectors(matrix, k, solver="exact")
     assert float(affinity(exact, approx)) > 0.98
     torch.testing.assert_close(values[:20], 1 / torch.arange(1, 21, dtype=torch.float64), rtol=1e-3, atol=0)
+
+
+def _decaying(d_out: int, d_in: int, seed: int, power: float = 1.0) -> torch.Tensor:
+    """σ_i = 1/i^power with random singular vectors, float32."""
+    generator = torch.Generator().manual_seed(seed)
+    u = torch.linalg.qr(torch.randn(d_out, min(d_out, d_in), generator=generator, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(d_in, min(d_out, d_in), generator=generator, dtype=torch.float64)).Q
+    return ((u / torch.arange(1, min(d_out, d_in) + 1, dtype=torch.float64) ** power) @ v.T).float()
+
+
+@pytest.mark.parametrize("solver", ["auto", "gram"])
+@pytest.mark.parametrize("shape", [(300, 200), (200, 200), (150, 260)])  # tall, square, wide
+def test_checked_solvers_match_the_float64_svd_on_a_steep_spectrum(solver, shape):
+    # σ_1/σ_k = 1600 at k = 40, squared in the Gram matrix: its eigenvectors fail the check and
+    # need refining iterations
+    matrix = _decaying(*shape, seed=7, power=2.0)
+    basis, values, paths = right_singular_basis(matrix, 40, solver)
+    exact, exact_values = top_right_singular_vectors(matrix.double(), 40)
+    # a float32 thin SVD reaches 1 - 1e-7 here; the check allows 8x its backward error
+    assert float(affinity(exact, basis.double())) > 1 - 2e-5
+    torch.testing.assert_close(values.double(), exact_values, rtol=1e-3, atol=0)
+    assert len(paths) == 1 and paths[0].startswith("gram+")
+
+
+def test_flat_spectrum_that_the_sketch_cannot_resolve_falls_back_and_says_so():
+    generator = torch.Generator().manual_seed(8)
+    matrix = torch.randn(2, 400, 400, generator=generator)  # i.i.d.: a flat (Marchenko-Pastur) spectrum
+    randomized, _, paths = right_singular_basis(matrix, 8, "lowrank")
+    checked, _, checked_paths = right_singular_basis(matrix, 8, "auto")
+    exact, _ = top_right_singular_vectors(matrix.double(), 8)
+    assert paths == ["lowrank", "lowrank"] and float(affinity(exact[0], randomized[0].double())) < 0.99
+    assert all(path != "lowrank" for path in checked_paths)  # the unrefined sketch failed the check
+    for i in range(2):
+        assert float(affinity(exact[i], checked[i].double())) > 1 - 1e-4
+
+
+def test_a_basis_that_never_passes_the_check_is_the_thin_svd(monkeypatch):
+    monkeypatch.setattr(subspace, "RESIDUAL_TOL", 0.0)
+    matrix = _decaying(120, 90, seed=9, power=0.5)
+    basis, values, paths = right_singular_basis(torch.stack([matrix, 2 * matrix]), 10, "auto")
+    _, exact_values, vh = torch.linalg.svd(matrix, full_matrices=False)
+    assert paths == ["exact", "exact"]
+    torch.testing.assert_close(values[0], exact_values[:10])
+    torch.testing.assert_close(projector(basis[1]), projector(vh[:10].T), atol=1e-5, rtol=0)
+
+
+def test_checked_batches_keep_each_matrix_its_own_path_and_result():
+    flat = torch.randn(400, 400, generator=torch.Generator().manual_seed(10))
+    steep = _decaying(400, 400, seed=11)
+    batched, values, paths = right_singular_basis(torch.stack([flat, steep, flat]), 8, "auto")
+    for i, matrix in enumerate((flat, steep, flat)):
+        single, single_values, single_path = right_singular_basis(matrix, 8, "auto")
+        assert single_path == [paths[i]]
+        torch.testing.assert_close(projector(batched[i]), projector(single), atol=1e-5, rtol=0)
+        torch.testing.assert_close(values[i], single_values)
+    # columns are orthonormal
+    gram = batched.mT @ batched
+    torch.testing.assert_close(gram, torch.eye(8).expand_as(gram), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("solver", ["auto", "gram"])
+def test_checked_solvers_drop_round_off_directions_of_rank_deficient_inputs(solver):
+    generator = torch.Generator().manual_seed(12)
+    low_rank = torch.randn(300, 3, generator=generator) @ torch.randn(3, 200, generator=generator)
+    basis, values, _ = right_singular_basis(torch.stack([low_rank, torch.zeros(300, 200)]), 40, solver)
+    assert (values[0, 3:] == 0).all() and (values[0, :3] > 0).all()
+    assert torch.count_nonzero(basis[0, :, 3:]) == 0 and torch.count_nonzero(basis[1]) == 0
+    exact, _ = top_right_singular_vectors(low_rank.double(), 3)
+    assert float(affinity(exact, basis[0, :, :3].double())) > 1 - 1e-6
+
+
+@pytest.mark.parametrize("solver", ["auto", "gram", "lowrank"])
+def test_a_given_gram_matrix_is_used_as_it_is(solver):
+    matrix = _decaying(300, 200, seed=13, power=0.5)
+    own = right_singular_basis(matrix, 20, solver)
+    given = right_singular_basis(matrix, 20, solver, gram=matrix.mT @ matrix)
+    torch.testing.assert_close(given.basis, own.basis)
+    torch.testing.assert_close(given.values, own.values)
+    # a wrong Gram matrix is really used: the unchecked sketch goes wrong, the checked solvers
+    # catch the bad start and still return the right basis
+    wrong = right_singular_basis(matrix, 20, solver, gram=torch.eye(200))
+    if solver == "lowrank":
+        assert not torch.allclose(projector(wrong.basis), projector(own.basis), atol=1e-3)
+    else:
+        assert wrong.solvers != own.solvers
+        torch.testing.assert_close(projector(wrong.basis), projector(own.basis), atol=1e-4, rtol=0)
 
 
 def test_rank_out_of_range_and_unknown_solver_are_rejected():

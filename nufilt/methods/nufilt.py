@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..statedict import PAPER_NUFILT_PATTERNS
-from ..subspace import SVD_SOLVERS, removed_energy, top_right_singular_vectors
+from ..subspace import SVD_SOLVERS, removed_energy, right_singular_basis
 from .base import (
     MergeMethod,
     StepContext,
@@ -52,6 +52,7 @@ def fit_lora(
     lr: float,
     form: str = "auto",
     gram_factor: tuple[torch.Tensor, torch.Tensor] | None = None,
+    task_gram: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Adam on Eq. 16 with hand-written gradients; returns (A, B, per-layer loss curve (L, steps+1)).
 
@@ -63,6 +64,7 @@ def fit_lora(
     `gram_rank` option): G B then costs 4·d_in·k·r instead of 2·d_in²·r, and only the tail
     eigenvalues σ_{k+1}², ... of G are dropped from the trajectory. The loss curve's first point
     (B = 0) and last point are then still exact; the points in between are the truncated loss.
+    `task_gram`: G when the caller has already formed it.
     """
     lora_a = lora_init.clone()  # (L, r_l, d_in)
     lora_b = lora_init.new_zeros(lora_init.shape[0], lora_init.shape[2], lora_init.shape[1])  # (L, d_in, r_l)
@@ -75,7 +77,7 @@ def fit_lora(
         def apply_gram(matrix: torch.Tensor) -> torch.Tensor:
             return factor_basis @ (factor_weight * (factor_basis.mT @ matrix))
     elif gram:
-        gram_matrix = task_vector.mT @ task_vector  # G: (L, d_in, d_in)
+        gram_matrix = task_vector.mT @ task_vector if task_gram is None else task_gram  # G: (L, d_in, d_in)
 
         def apply_gram(matrix: torch.Tensor) -> torch.Tensor:
             return gram_matrix @ matrix
@@ -115,7 +117,7 @@ def fit_lora(
 
     history = []
     if lora_init.shape[1] > 0 and steps > 0:
-        optimizer = torch.optim.Adam([lora_a, lora_b], lr=lr)
+        optimizer = torch.optim.Adam([lora_a, lora_b], lr=lr, fused=True)  # one kernel: 3-4x less time than the loop
         for _ in range(steps):
             loss, lora_a.grad, lora_b.grad = loss_and_grads()
             optimizer.step()
@@ -182,11 +184,19 @@ def filter_and_adapt(
     2k < min(d_out, d_in); otherwise G stays exact. Returns the update and per-layer diagnostics.
     """
     if previous_basis is None:
-        previous_basis, prev_values = top_right_singular_vectors(previous, r_p, solver)  # (L, d_in, r_p)
+        previous_basis, prev_values, prev_solvers = right_singular_basis(previous, r_p, solver)  # (L, d_in, r_p)
     else:
         prev_values = previous_basis.new_zeros(previous_basis.shape[0], previous_basis.shape[-1])
+        prev_solvers = ["given"] * previous_basis.shape[0]
     gram_rank = gram_rank if 0 < 2 * gram_rank < min(task_vector.shape[-2:]) else 0
-    task_basis, task_values = top_right_singular_vectors(task_vector, max(r_v, gram_rank), solver)
+    d_out, d_in = task_vector.shape[-2:]
+    # G = τtᵀτt, formed once for the task basis and the Adam loop's Gram form when that is used
+    adam_gram = not (lora_solver == "exact" and lora_init.shape[1] > 0) and gram_rank == 0
+    adam_gram = adam_gram and _use_gram(d_out, d_in, steps, lora_init.shape[1])
+    task_gram = task_vector.mT @ task_vector if adam_gram else None
+    task_basis, task_values, task_solvers = right_singular_basis(
+        task_vector, max(r_v, gram_rank), solver, gram=task_gram
+    )
     gram_factor = (task_basis, task_values) if gram_rank > 0 else None
     task_basis, task_values = task_basis[..., :r_v], task_values[..., :r_v]  # V_v: (L, d_in, r_v)
 
@@ -210,7 +220,7 @@ def filter_and_adapt(
     else:
         lora_a, lora_b, curve = fit_lora(
             task_vector, lora_init, previous_basis, task_basis, stability_fixed, fidelity_fixed, steps, lr,
-            gram_factor=gram_factor,
+            gram_factor=gram_factor, task_gram=task_gram,
         )
         update = filtered + (task_vector @ lora_b) @ lora_a
     diagnostics = {
@@ -218,6 +228,7 @@ def filter_and_adapt(
         "removed_energy": removed_energy(task_vector, previous_basis, inside),
         "prev_singular_values": prev_values,
         "task_singular_values": task_values,
+        "basis_solvers": list(zip(prev_solvers, task_solvers, strict=True)),  # path per layer: (V_p, V_v)
     }
     return update, diagnostics
 
@@ -240,7 +251,7 @@ class NufiltOptions:
     other_params: str = "keep-pretrained"  # unselected parameters: see OTHER_PARAMS
     other_scale: float = 0.3  # λ when other_params == "task-arithmetic"
     first_step: str = "paper"  # "paper": θ̄1 = θ1; "filtered": the authors' code (see docs)
-    svd: str = "auto"  # bases: "exact" thin SVD, "lowrank" randomized, "auto" = lowrank for large layers
+    svd: str = "auto"  # bases: "auto" checked (equal to "exact" thin SVD), "gram", "lowrank" unchecked
     lora_solver: str = "adam"  # "adam": the paper's fit; "exact": closed-form minimiser of Eq. 16
     gram_rank: int = 0  # > 0: Adam uses τt's top-k spectral part of τtᵀτt (faster; 0 = exact)
 
@@ -303,6 +314,7 @@ class Nufilt(MergeMethod):
                         "loss_curve": diag["loss_curve"][i].tolist(),
                         "prev_singular_values": diag["prev_singular_values"][i].tolist(),
                         "task_singular_values": diag["task_singular_values"][i].tolist(),
+                        "basis_solvers": dict(zip(("previous", "task"), diag["basis_solvers"][i], strict=True)),
                     }
         ctx.info["layers"] = layers
         return merged

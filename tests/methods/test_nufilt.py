@@ -351,3 +351,75 @@ def test_gram_rank_above_a_layer_is_the_exact_merge(zoo):
         torch.testing.assert_close(full[key], exact[key], atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="gram_rank"):
         NufiltOptions(gram_rank=-2)
+
+
+def _spectrum_stack(spectrum: str, shape: tuple[int, int], generator: torch.Generator, layers: int = 3) -> torch.Tensor:
+    """Small versions of bench/merge_speed.py's task-vector spectra, (layers, d_out, d_in)."""
+    d_out, d_in = shape
+
+    def randn(*size: int) -> torch.Tensor:
+        return torch.randn(layers, *size, generator=generator)
+
+    if spectrum == "1/i":
+        k = min(shape)
+        return 0.01 * (randn(d_out, k) / torch.arange(1, k + 1.0)) @ randn(k, d_in)
+    if spectrum == "signal+noise":  # a rank-8 signal over a flat noise floor
+        return 0.02 * randn(d_out, 8) @ randn(8, d_in) / 8 + 0.002 * randn(d_out, d_in)
+    if spectrum == "flat":
+        return 0.002 * randn(d_out, d_in)
+    return 0.01 * randn(d_out, 6) @ randn(6, d_in)  # exactly low rank, below r_p
+
+
+def _eq16_with_exact_bases(previous, task_vector, update, r_p: int, r_v: int) -> torch.Tensor:
+    """Eq. 16 per layer of a fused update, with float64 SVD bases (round-off directions dropped)."""
+
+    def top(matrix: torch.Tensor, k: int) -> torch.Tensor:
+        _, values, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+        kept = values[..., :k] > values[..., :1] * torch.finfo(torch.float32).eps * max(matrix.shape[-2:])
+        return vh[..., :k, :].mT * kept.unsqueeze(-2)
+
+    v_prev, v_task = top(previous, r_p), top(task_vector, r_v)
+    merged = previous.double() + update.double()
+    stability = (previous.double() @ v_prev - merged @ v_prev).pow(2).sum((-2, -1))
+    return stability + (task_vector.double() @ v_task - merged @ v_task).pow(2).sum((-2, -1))
+
+
+@pytest.mark.parametrize("shape", [(320, 320), (640, 320)])  # V_v starts randomized here, V_p from the Gram
+@pytest.mark.parametrize("spectrum", ["1/i", "signal+noise", "flat", "low-rank"])
+def test_default_bases_give_the_exact_bases_result_on_every_spectrum(spectrum, shape):
+    generator = torch.Generator().manual_seed(12)
+    previous, task_vector = (_spectrum_stack(spectrum, shape, generator) for _ in range(2))
+    init = 0.02 * torch.randn(3, 16, shape[1], generator=generator)
+    problem = (previous, task_vector, init, 32, 4, 50, 1e-3)
+    exact, _ = filter_and_adapt(*problem, solver="exact")
+    default, diag = filter_and_adapt(*problem)
+    ratio = _eq16_with_exact_bases(previous, task_vector, default, 32, 4) / _eq16_with_exact_bases(
+        previous, task_vector, exact, 32, 4
+    )
+    assert abs(float(ratio.mean()) - 1) < 0.01 and float((ratio - 1).abs().max()) < 0.05, ratio
+    assert len(diag["basis_solvers"]) == 3 and all(len(pair) == 2 for pair in diag["basis_solvers"])
+
+
+def test_unchecked_randomized_bases_miss_a_flat_noise_floor():
+    # the previous default (3 power iterations) on spectrum (b): the check above would fail for it
+    generator = torch.Generator().manual_seed(12)
+    previous, task_vector = (_spectrum_stack("signal+noise", (320, 320), generator) for _ in range(2))
+    init = 0.02 * torch.randn(3, 16, 320, generator=generator)
+    problem = (previous, task_vector, init, 32, 4, 50, 1e-3)
+    exact, _ = filter_and_adapt(*problem, solver="exact")
+    randomized, _ = filter_and_adapt(*problem, solver="lowrank")
+    ratio = _eq16_with_exact_bases(previous, task_vector, randomized, 32, 4) / _eq16_with_exact_bases(
+        previous, task_vector, exact, 32, 4
+    )
+    assert float(ratio.mean()) > 1.05
+
+
+def test_merger_reports_how_each_layers_bases_were_found(zoo):
+    pretrained, tasks = zoo
+    merger = make_merger("nufilt", pretrained, r_p=4, r_l=2, steps=2)
+    merger.add(tasks[0])
+    merger.add(tasks[1])
+    allowed = {"exact", "gram", "lowrank"}
+    for info in merger.report.info["layers"].values():
+        assert set(info["basis_solvers"]) == {"previous", "task"}
+        assert all(path.split("+")[0] in allowed for path in info["basis_solvers"].values())
