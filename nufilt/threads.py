@@ -1,8 +1,8 @@
 """Torch CPU threads: the default every entry point uses, and a safe temporary change.
 
 One thread is the default (`$NUFILT_THREADS` overrides it; `--threads` on the CLI). Measured on
-the 2-core machine (README, "Performance"): with torch's default of one thread per core, a
-README command took 5 min 55 s while another process kept the second core busy and 32 s with one
+the 2-core machine (docs/performance.md): with torch's default of one thread per core, a
+documented command took 5 min 55 s while another process kept the second core busy and 32 s with one
 thread; on an idle machine two threads gained little on this project's small and mid-sized
 matrices. A busy second core makes every multi-threaded kernel wait for its slowest thread.
 """

@@ -38,10 +38,12 @@ NOT_RUN = {
     "pip install datasets": "an optional package; the docs' Hub commands use --data-dir",
     "python -m pytest": "this test suite itself",
     "streamlit run app.py": "tests/e2e/test_app_browser.py starts exactly this command",
+    "bash bench/gpu_check.sh": "needs a CUDA device; the merge core it times runs on the CPU in tests/methods",
 }
 # benchmarks that take 3-12 minutes: their flags are checked against the script's --help here,
 # their --quick variants run in tests/test_bench_scripts.py
-LONG_SCRIPTS = ("bench/merge_speed.py", "bench/memory.py", "bench/zoo_build.py")
+# (docs/screenshots.py starts the app and a browser for minutes; tests/e2e drives the same app)
+LONG_SCRIPTS = ("bench/merge_speed.py", "bench/memory.py", "bench/zoo_build.py", "docs/screenshots.py")
 
 
 def _code(path: Path) -> list[tuple[str, str]]:
@@ -178,7 +180,7 @@ def test_documented_command_runs_as_written(sandbox, doc, line, monkeypatch, cap
         assert NOT_RUN[line]
         return
     words = shlex.split(line)
-    if words[:2] == ["python", "-m"] or (words[0] == "python" and words[1].startswith("bench/")):
+    if words[:2] == ["python", "-m"] or (words[0] == "python" and words[1].startswith(("bench/", "docs/"))):
         words[0] = sys.executable
     script = words[1] if len(words) > 1 else ""
     if script in LONG_SCRIPTS:
