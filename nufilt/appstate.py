@@ -34,8 +34,9 @@ from .analysis.runs import CachedBackbone
 from .analysis.stability import LOSS_COLUMNS, step_losses, summarize_losses
 from .backbones import EMBEDDED, get_backbone
 from .backbones.base import Backbone, DelegatingBackbone, StateDict
+from .engine import RunEngine, StepRecord
 from .evaluation import MethodSpec, acc_bwt, check_order, method_spec, paper_orders, parse_order_indices
-from .merge import make_merger, resolve_device
+from .merge import resolve_device
 from .methods import ABLATIONS, COMMON_OPTIONS, METHODS, get_method
 from .threads import ENV_THREADS, default_threads
 from .zoo.config import default_preset
@@ -492,9 +493,12 @@ def make_config(
 @dataclass
 class _MethodState:
     spec: MethodSpec
-    merger: Any
-    merged: dict[str, torch.Tensor] | None = None
+    engine: RunEngine  # the merger and θ̄ of the last committed step
     matrix: list[list[float]] = field(default_factory=list)
+
+    @property
+    def merged(self) -> StateDict | None:
+        return self.engine.merged
 
     @property
     def steps(self) -> int:
@@ -518,8 +522,10 @@ class MultiRun:
     loss curves (both from its merge report) and, when `track_losses`, stability/plasticity
     losses (from input statistics of each task's own data, computed when the task is merged and
     cached on disk).
-    A step is committed per method only when it is complete, so an interrupted step (a Streamlit
-    rerun) is finished by the next `step()`; methods are never more than one step apart.
+    Each method steps its own `engine.RunEngine`, so a step is atomic per method: a failed merge,
+    evaluation or loss computation leaves that method as before and a retry merges the same task;
+    an interrupted step (a Streamlit rerun) is finished by the next `step()`; methods are never
+    more than one step apart.
     """
 
     def __init__(self, backbone: Backbone, order: Sequence[str], specs: Sequence[MethodSpec],
@@ -542,7 +548,8 @@ class MultiRun:
         """Back to step 0 with fresh mergers (options and order kept)."""
         with self._lock:
             self._methods = {
-                label: _MethodState(spec, make_merger(spec.method, self.pretrained, **spec.options))
+                label: _MethodState(spec, RunEngine(self.backbone, spec, self.order, analyze=self._analyze,
+                                                    pretrained=self.pretrained))
                 for label, spec in self.specs.items()
             }
             self._rows: dict[str, list[dict]] = {name: [] for name in _TABLES}
@@ -605,24 +612,16 @@ class MultiRun:
         return self.steps_done
 
     def _advance(self, label: str) -> None:
+        """One atomic engine step for `label`, then its rows; a failed step changes nothing."""
         state = self._methods[label]
-        step = state.steps + 1
-        task = self.order[step - 1]
-        task_state = self.backbone.finetuned_state(task)
-        previous = state.merged if state.merged is not None else self.pretrained
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            merged = state.merger.add(task_state)
+            record = state.engine.step()  # merge, score the seen tasks, `_analyze`
         for warning in caught:
             self._note(f"{label}: {warning.message}")
-        report = state.merger.report
-        start = time.perf_counter()
-        scores = self.backbone.evaluate(merged, self.order[:step])
-        eval_seconds = time.perf_counter() - start
-        row = [scores[name] for name in self.order[:step]]
-        start = time.perf_counter()
-        losses = self._losses(step, previous, merged, task_state)
-        analysis_seconds = time.perf_counter() - start
+        step, task, report = record.step, record.task, record.report
+        row = [record.scores[name] for name in self.order[:step]]
+        losses, eval_seconds, analysis_seconds = record.analysis, record.eval_seconds, record.analysis_seconds
         # commit (nothing above changed this run's tables)
         tag = {"method": label, "step": step, "task": task}
         # NUFILT reports its filter per layer at no extra cost (`analysis.trace.step_trace` recomputes it
@@ -640,7 +639,9 @@ class MultiRun:
                                     for key, facts in filtered.items() for i, value in enumerate(facts["loss_curve"]))
         self._rows["losses"].extend({**tag, **loss} for loss in losses)
         state.matrix.append(row)
-        state.merged = merged
+
+    def _analyze(self, record: StepRecord) -> list[dict]:
+        return self._losses(record.step, record.previous, record.merged, record.task_state)
 
     def _note(self, message: str) -> None:
         if message not in self.messages:

@@ -180,6 +180,27 @@ def test_reset_and_an_interrupted_step_is_finished_by_the_next(backbone):
     assert run.steps_done == 0 and run.accuracy().empty and run.messages == []
 
 
+def test_a_failed_evaluation_leaves_the_multirun_unchanged_and_a_retry_succeeds(backbone, monkeypatch):
+    run = make_run(backbone)
+    run.step()
+    tables = {name: list(rows) for name, rows in run._rows.items()}
+    merged = {label: run.merged_state(label) for label in run.labels}
+    original = run.backbone.evaluate
+
+    def failing(state, tasks):
+        raise RuntimeError("injected evaluation failure")
+
+    monkeypatch.setattr(run.backbone, "evaluate", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        run.step()
+    assert run.steps_done == 1 and {name: list(rows) for name, rows in run._rows.items()} == tables
+    assert all(run.merged_state(label) is merged[label] for label in run.labels)
+    assert all(run._methods[label].engine.steps_done == 1 for label in run.labels)
+    monkeypatch.setattr(run.backbone, "evaluate", original)
+    run.run_to_end()  # no "task 2 has exactly the weights of task 1"
+    assert run.finished and [len(row) for row in run.matrix("nufilt")] == [1, 2, 3]
+
+
 def test_clamped_ranks_are_reported_once(backbone):
     run = make_run(backbone, methods=("nufilt",), nufilt={"r_p": 10_000})
     run.run_to_end()
