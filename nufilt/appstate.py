@@ -7,7 +7,6 @@ tidy tables the run exposes with `nufilt.figures`. Everything here is testable w
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import inspect
 import io
@@ -38,6 +37,7 @@ from .engine import RunEngine, StepRecord
 from .evaluation import MethodSpec, acc_bwt, check_order, method_spec, paper_orders, parse_order_indices
 from .merge import resolve_device
 from .methods import ABLATIONS, COMMON_OPTIONS, METHODS, get_method
+from .methods.base import option_help
 from .threads import ENV_THREADS, default_threads
 from .zoo.config import default_preset
 
@@ -371,31 +371,6 @@ def base_method(label: str) -> str:
     return label if label in METHODS else "nufilt"
 
 
-def _field_comments(options_cls: type) -> dict[str, str]:
-    try:
-        source = inspect.getsource(options_cls)
-    except (OSError, TypeError):
-        return {}
-    found = re.findall(r"^\s+(\w+)\s*:\s*[^=#\n]+=[^#\n]*#\s*(.+)$", source, flags=re.MULTILINE)
-    return dict(found)
-
-
-def _choices(options_cls: type, name: str) -> tuple[str, ...]:
-    """The allowed values of a string option, read from the validation error it raises."""
-    try:
-        options_cls(**{name: "\x00"})
-    except ValueError as error:
-        match = re.search(r"must be one of (\(.*?\))", str(error))
-        if match:
-            try:
-                return tuple(ast.literal_eval(match.group(1)))
-            except (ValueError, SyntaxError):
-                return ()
-    except TypeError:
-        return ()
-    return ()
-
-
 def option_fields(
     label: str, n_tasks: int, recommended: Mapping[str, Mapping[str, Any]] | None = None
 ) -> list[OptionField]:
@@ -406,7 +381,7 @@ def option_fields(
     """
     options_cls = get_method(base_method(label)).Options
     values = method_spec(label, n_tasks, recommended).options
-    comments = _field_comments(options_cls)
+    described = option_help(options_cls)  # metadata on the dataclass fields, never parsed source
     fields = []
     for item in dataclasses.fields(options_cls):
         value = values.get(item.name, item.default)
@@ -417,9 +392,9 @@ def option_fields(
         elif isinstance(value, float):
             kind, choices = "float", ()
         else:
-            choices = _choices(options_cls, item.name)
+            choices = described[item.name][1]
             kind = "choice" if choices else "text"
-        fields.append(OptionField(item.name, kind, value, choices, comments.get(item.name, "")))
+        fields.append(OptionField(item.name, kind, value, choices, described[item.name][0]))
     return fields
 
 
