@@ -27,10 +27,11 @@ import pandas as pd
 import torch
 
 from .analysis.activations import activation_statistics, clamp_samples, selected_layers
-from .analysis.affinity import affinity_ecdf
+from .analysis.affinity import affinity_ecdf, vector_bases
 from .analysis.layers import layer_info
 from .analysis.runs import CachedBackbone
 from .analysis.stability import LOSS_COLUMNS, step_losses, summarize_losses
+from .analysis.step_geometry import STEP_GEOMETRY_COLUMNS, step_geometry
 from .backbones import EMBEDDED, get_backbone
 from .backbones.base import Backbone, DelegatingBackbone, StateDict
 from .engine import RunEngine, StepRecord
@@ -480,7 +481,8 @@ class _MethodState:
         return len(self.matrix)
 
 
-_TABLES = ("accuracy", "metrics", "layers", "curves", "losses")
+_TABLES = ("accuracy", "metrics", "layers", "curves", "losses", "geometry")
+GEOMETRY_RANK = 8  # r_v = r_d of the live step geometry (the Geometry page's Fig. 2 defaults)
 LAYER_TABLE = ["method", "step", "task", "layer", "block", "kind", "removed_energy", "r_p", "r_l", "r_v"]
 
 
@@ -529,6 +531,7 @@ class MultiRun:
             }
             self._rows: dict[str, list[dict]] = {name: [] for name in _TABLES}
             self._covariance_sums: dict[int, dict[str, torch.Tensor]] = {}
+            self._task_bases: dict[str, dict[str, torch.Tensor]] = {}  # V(τi) per task, for the geometry
             self.messages: list[str] = []
             self.last_step_seconds = self.last_step_cpu_seconds = 0.0
 
@@ -596,7 +599,8 @@ class MultiRun:
             self._note(f"{label}: {warning.message}")
         step, task, report = record.step, record.task, record.report
         row = [record.scores[name] for name in self.order[:step]]
-        losses, eval_seconds, analysis_seconds = record.analysis, record.eval_seconds, record.analysis_seconds
+        losses, geometry = record.analysis
+        eval_seconds, analysis_seconds = record.eval_seconds, record.analysis_seconds
         # commit (nothing above changed this run's tables)
         tag = {"method": label, "step": step, "task": task}
         # NUFILT reports its filter per layer at no extra cost (`analysis.trace.step_trace` recomputes it
@@ -613,10 +617,30 @@ class MultiRun:
         self._rows["curves"].extend({**tag, "layer": key, "iteration": i, "loss": value}
                                     for key, facts in filtered.items() for i, value in enumerate(facts["loss_curve"]))
         self._rows["losses"].extend({**tag, **loss} for loss in losses)
+        self._rows["geometry"].extend(geometry)
         state.matrix.append(row)
 
-    def _analyze(self, record: StepRecord) -> list[dict]:
-        return self._losses(record.step, record.previous, record.merged, record.task_state)
+    def _analyze(self, record: StepRecord) -> tuple[list[dict], list[dict]]:
+        """Stability/plasticity losses and the step geometry rows (inside the engine's atomic step)."""
+        losses = self._losses(record.step, record.previous, record.merged, record.task_state)
+        return losses, self._geometry(record)
+
+    def _geometry(self, record: StepRecord) -> list[dict]:
+        """`analysis.step_geometry` rows for one step: with the tasks' activation statistics when
+        losses are tracked (the same cached statistics), else the data-free column only."""
+        seen = list(self.order[: record.step])
+        for task in seen:
+            if task not in self._task_bases:
+                state = record.task_state if task == record.task else self.backbone.finetuned_state(task)
+                self._task_bases.update(vector_bases(self.pretrained, {task: state}, self.keys, GEOMETRY_RANK))
+        data = None
+        if self.track_losses:
+            stats = {task: self._statistics(task) for task in seen}
+            data = None if any(value is None for value in stats.values()) else stats
+        r_p = self.specs[record.spec.label].options.get("r_p", 128) if record.spec.method == "nufilt" else 128
+        return step_geometry(record.spec.label, record.step, seen, record.pretrained, record.previous,
+                             record.merged, self._task_bases, self.keys, data, GEOMETRY_RANK, GEOMETRY_RANK,
+                             max(int(r_p), 1))["step_geometry"]
 
     def _note(self, message: str) -> None:
         if message not in self.messages:
@@ -680,6 +704,16 @@ class MultiRun:
     def loss_curves(self) -> pd.DataFrame:
         """NUFILT's LoRA loss per Adam iteration: method, step, task, layer, iteration, loss."""
         return pd.DataFrame(self._rows["curves"], columns=["method", "step", "task", "layer", "iteration", "loss"])
+
+    def geometry(self) -> pd.DataFrame:
+        """Per-step geometry per method, step, seen task and layer (`STEP_GEOMETRY_COLUMNS`); the two
+        data affinities are NaN without data (then only `update_vector_affinity` is meaningful)."""
+        return pd.DataFrame(self._rows["geometry"], columns=list(STEP_GEOMETRY_COLUMNS))
+
+    @property
+    def geometry_has_data(self) -> bool:
+        table = self.geometry()
+        return bool(len(table)) and bool(table["update_affinity"].notna().any())
 
     def losses(self) -> pd.DataFrame:
         """Stability/plasticity per step and layer (`analysis.stability.LOSS_COLUMNS`)."""
