@@ -632,7 +632,8 @@ class MultiRun:
         for task in seen:
             if task not in self._task_bases:
                 state = record.task_state if task == record.task else self.backbone.finetuned_state(task)
-                self._task_bases.update(vector_bases(self.pretrained, {task: state}, self.keys, GEOMETRY_RANK))
+                self._task_bases.update(vector_bases(self.pretrained, {task: state}, self.keys, GEOMETRY_RANK,
+                                                     solver="auto"))
         data = None
         if self.track_losses:
             stats = {task: self._statistics(task) for task in seen}
@@ -640,7 +641,8 @@ class MultiRun:
         r_p = self.specs[record.spec.label].options.get("r_p", 128) if record.spec.method == "nufilt" else 128
         return step_geometry(record.spec.label, record.step, seen, record.pretrained, record.previous,
                              record.merged, self._task_bases, self.keys, data, GEOMETRY_RANK, GEOMETRY_RANK,
-                             max(int(r_p), 1))["step_geometry"]
+                             max(int(r_p), 1), solver="auto",
+                             spectra=False)["step_geometry"]
 
     def _note(self, message: str) -> None:
         if message not in self.messages:
