@@ -7,7 +7,6 @@ tidy tables the run exposes with `nufilt.figures`. Everything here is testable w
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import inspect
 import io
@@ -28,15 +27,18 @@ import pandas as pd
 import torch
 
 from .analysis.activations import activation_statistics, clamp_samples, selected_layers
-from .analysis.affinity import affinity_ecdf
+from .analysis.affinity import affinity_ecdf, vector_bases
 from .analysis.layers import layer_info
 from .analysis.runs import CachedBackbone
 from .analysis.stability import LOSS_COLUMNS, step_losses, summarize_losses
+from .analysis.step_geometry import STEP_GEOMETRY_COLUMNS, step_geometry
 from .backbones import EMBEDDED, get_backbone
 from .backbones.base import Backbone, DelegatingBackbone, StateDict
+from .engine import RunEngine, StepRecord
 from .evaluation import MethodSpec, acc_bwt, check_order, method_spec, paper_orders, parse_order_indices
-from .merge import make_merger, resolve_device
+from .merge import resolve_device
 from .methods import ABLATIONS, COMMON_OPTIONS, METHODS, get_method
+from .methods.base import option_help
 from .threads import ENV_THREADS, default_threads
 from .zoo.config import default_preset
 
@@ -81,10 +83,10 @@ BACKBONE_CHOICES: tuple[BackboneChoice, ...] = (
                    "models, and the GLUE validation sets (`pip install datasets`)"),
     BackboneChoice("openclip:", "open_clip checkpoint folder",
                    "a local folder with the pre-trained open_clip checkpoint and one checkpoint per task "
-                   "(see README, 'Real backbones'); test sets from the Hub or a data folder"),
+                   "(see docs/real-backbones.md); test sets from the Hub or a data folder"),
     BackboneChoice("local:", "local save_pretrained folder",
                    "a local folder with pretrained/ (save_pretrained) and one fine-tuned folder per task "
-                   "(see README, 'Real backbones'); test sets from the Hub or a data folder"),
+                   "(see docs/real-backbones.md); test sets from the Hub or a data folder"),
 )
 
 
@@ -163,7 +165,7 @@ def open_backbone(spec: str, n_tasks: int, preset: str = "default", cache_dir: s
 
     Construction is cheap (nothing is built or downloaded); `PrepareJob` does the slow part.
     `max_eval`: test inputs per task when scoring (None: all); `data_dir`: local test sets of a
-    hub or folder backbone (README, 'Real backbones').
+    hub or folder backbone (docs/real-backbones.md).
     """
     backbone_choice(spec)
     if spec == EMBEDDED:
@@ -379,31 +381,6 @@ def base_method(label: str) -> str:
     return label if label in METHODS else "nufilt"
 
 
-def _field_comments(options_cls: type) -> dict[str, str]:
-    try:
-        source = inspect.getsource(options_cls)
-    except (OSError, TypeError):
-        return {}
-    found = re.findall(r"^\s+(\w+)\s*:\s*[^=#\n]+=[^#\n]*#\s*(.+)$", source, flags=re.MULTILINE)
-    return dict(found)
-
-
-def _choices(options_cls: type, name: str) -> tuple[str, ...]:
-    """The allowed values of a string option, read from the validation error it raises."""
-    try:
-        options_cls(**{name: "\x00"})
-    except ValueError as error:
-        match = re.search(r"must be one of (\(.*?\))", str(error))
-        if match:
-            try:
-                return tuple(ast.literal_eval(match.group(1)))
-            except (ValueError, SyntaxError):
-                return ()
-    except TypeError:
-        return ()
-    return ()
-
-
 def option_fields(
     label: str, n_tasks: int, recommended: Mapping[str, Mapping[str, Any]] | None = None
 ) -> list[OptionField]:
@@ -414,7 +391,7 @@ def option_fields(
     """
     options_cls = get_method(base_method(label)).Options
     values = method_spec(label, n_tasks, recommended).options
-    comments = _field_comments(options_cls)
+    described = option_help(options_cls)  # metadata on the dataclass fields, never parsed source
     fields = []
     for item in dataclasses.fields(options_cls):
         value = values.get(item.name, item.default)
@@ -425,9 +402,9 @@ def option_fields(
         elif isinstance(value, float):
             kind, choices = "float", ()
         else:
-            choices = _choices(options_cls, item.name)
+            choices = described[item.name][1]
             kind = "choice" if choices else "text"
-        fields.append(OptionField(item.name, kind, value, choices, comments.get(item.name, "")))
+        fields.append(OptionField(item.name, kind, value, choices, described[item.name][0]))
     return fields
 
 
@@ -501,16 +478,20 @@ def make_config(
 @dataclass
 class _MethodState:
     spec: MethodSpec
-    merger: Any
-    merged: dict[str, torch.Tensor] | None = None
+    engine: RunEngine  # the merger and θ̄ of the last committed step
     matrix: list[list[float]] = field(default_factory=list)
+
+    @property
+    def merged(self) -> StateDict | None:
+        return self.engine.merged
 
     @property
     def steps(self) -> int:
         return len(self.matrix)
 
 
-_TABLES = ("accuracy", "metrics", "layers", "curves", "losses")
+_TABLES = ("accuracy", "metrics", "layers", "curves", "losses", "geometry")
+GEOMETRY_RANK = 8  # r_v = r_d of the live step geometry (the Geometry page's Fig. 2 defaults)
 LAYER_TABLE = ["method", "step", "task", "layer", "block", "kind", "removed_energy", "r_p", "r_l", "r_v"]
 
 
@@ -527,8 +508,10 @@ class MultiRun:
     loss curves (both from its merge report) and, when `track_losses`, stability/plasticity
     losses (from input statistics of each task's own data, computed when the task is merged and
     cached on disk).
-    A step is committed per method only when it is complete, so an interrupted step (a Streamlit
-    rerun) is finished by the next `step()`; methods are never more than one step apart.
+    Each method steps its own `engine.RunEngine`, so a step is atomic per method: a failed merge,
+    evaluation or loss computation leaves that method as before and a retry merges the same task;
+    an interrupted step (a Streamlit rerun) is finished by the next `step()`; methods are never
+    more than one step apart.
     """
 
     def __init__(self, backbone: Backbone, order: Sequence[str], specs: Sequence[MethodSpec],
@@ -551,11 +534,13 @@ class MultiRun:
         """Back to step 0 with fresh mergers (options and order kept)."""
         with self._lock:
             self._methods = {
-                label: _MethodState(spec, make_merger(spec.method, self.pretrained, **spec.options))
+                label: _MethodState(spec, RunEngine(self.backbone, spec, self.order, analyze=self._analyze,
+                                                    pretrained=self.pretrained))
                 for label, spec in self.specs.items()
             }
             self._rows: dict[str, list[dict]] = {name: [] for name in _TABLES}
             self._covariance_sums: dict[int, dict[str, torch.Tensor]] = {}
+            self._task_bases: dict[str, dict[str, torch.Tensor]] = {}  # V(τi) per task, for the geometry
             self.messages: list[str] = []
             self.last_step_seconds = self.last_step_cpu_seconds = 0.0
 
@@ -614,24 +599,17 @@ class MultiRun:
         return self.steps_done
 
     def _advance(self, label: str) -> None:
+        """One atomic engine step for `label`, then its rows; a failed step changes nothing."""
         state = self._methods[label]
-        step = state.steps + 1
-        task = self.order[step - 1]
-        task_state = self.backbone.finetuned_state(task)
-        previous = state.merged if state.merged is not None else self.pretrained
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            merged = state.merger.add(task_state)
+            record = state.engine.step()  # merge, score the seen tasks, `_analyze`
         for warning in caught:
             self._note(f"{label}: {warning.message}")
-        report = state.merger.report
-        start = time.perf_counter()
-        scores = self.backbone.evaluate(merged, self.order[:step])
-        eval_seconds = time.perf_counter() - start
-        row = [scores[name] for name in self.order[:step]]
-        start = time.perf_counter()
-        losses = self._losses(step, previous, merged, task_state)
-        analysis_seconds = time.perf_counter() - start
+        step, task, report = record.step, record.task, record.report
+        row = [record.scores[name] for name in self.order[:step]]
+        losses, geometry = record.analysis
+        eval_seconds, analysis_seconds = record.eval_seconds, record.analysis_seconds
         # commit (nothing above changed this run's tables)
         tag = {"method": label, "step": step, "task": task}
         # NUFILT reports its filter per layer at no extra cost (`analysis.trace.step_trace` recomputes it
@@ -648,8 +626,32 @@ class MultiRun:
         self._rows["curves"].extend({**tag, "layer": key, "iteration": i, "loss": value}
                                     for key, facts in filtered.items() for i, value in enumerate(facts["loss_curve"]))
         self._rows["losses"].extend({**tag, **loss} for loss in losses)
+        self._rows["geometry"].extend(geometry)
         state.matrix.append(row)
-        state.merged = merged
+
+    def _analyze(self, record: StepRecord) -> tuple[list[dict], list[dict]]:
+        """Stability/plasticity losses and the step geometry rows (inside the engine's atomic step)."""
+        losses = self._losses(record.step, record.previous, record.merged, record.task_state)
+        return losses, self._geometry(record)
+
+    def _geometry(self, record: StepRecord) -> list[dict]:
+        """`analysis.step_geometry` rows for one step: with the tasks' activation statistics when
+        losses are tracked (the same cached statistics), else the data-free column only."""
+        seen = list(self.order[: record.step])
+        for task in seen:
+            if task not in self._task_bases:
+                state = record.task_state if task == record.task else self.backbone.finetuned_state(task)
+                self._task_bases.update(vector_bases(self.pretrained, {task: state}, self.keys, GEOMETRY_RANK,
+                                                     solver="auto"))
+        data = None
+        if self.track_losses:
+            stats = {task: self._statistics(task) for task in seen}
+            data = None if any(value is None for value in stats.values()) else stats
+        r_p = self.specs[record.spec.label].options.get("r_p", 128) if record.spec.method == "nufilt" else 128
+        return step_geometry(record.spec.label, record.step, seen, record.pretrained, record.previous,
+                             record.merged, self._task_bases, self.keys, data, GEOMETRY_RANK, GEOMETRY_RANK,
+                             max(int(r_p), 1), solver="auto",
+                             spectra=False)["step_geometry"]
 
     def _note(self, message: str) -> None:
         if message not in self.messages:
@@ -713,6 +715,16 @@ class MultiRun:
     def loss_curves(self) -> pd.DataFrame:
         """NUFILT's LoRA loss per Adam iteration: method, step, task, layer, iteration, loss."""
         return pd.DataFrame(self._rows["curves"], columns=["method", "step", "task", "layer", "iteration", "loss"])
+
+    def geometry(self) -> pd.DataFrame:
+        """Per-step geometry per method, step, seen task and layer (`STEP_GEOMETRY_COLUMNS`); the two
+        data affinities are NaN without data (then only `update_vector_affinity` is meaningful)."""
+        return pd.DataFrame(self._rows["geometry"], columns=list(STEP_GEOMETRY_COLUMNS))
+
+    @property
+    def geometry_has_data(self) -> bool:
+        table = self.geometry()
+        return bool(len(table)) and bool(table["update_affinity"].notna().any())
 
     def losses(self) -> pd.DataFrame:
         """Stability/plasticity per step and layer (`analysis.stability.LOSS_COLUMNS`)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .backbones.base import Backbone
-from .merge import make_merger
+from .engine import RunEngine, check_order
 from .methods import ABLATIONS, COMMON_OPTIONS, METHODS, paper_options
 from .methods.base import build_options, resolve_aliases
 
@@ -111,22 +110,6 @@ def paper_orders(tasks: Sequence[str], which: Sequence[int] | None = None) -> li
     if len(set(which)) != len(which):
         raise ValueError(f"order indices repeat: {which}")
     return [orders[index - 1] for index in which]
-
-
-def check_order(order: Sequence[str], tasks: Sequence[str], length: int | None = None) -> list[str]:
-    """Validate a custom order over the task names `tasks`; returns it as a list."""
-    order = list(order)
-    if not order:
-        raise ValueError("a task order must name at least one task")
-    unknown = [name for name in order if name not in tasks]
-    if unknown:
-        raise ValueError(f"unknown task(s) in order: {', '.join(map(repr, unknown))}; known tasks: {', '.join(tasks)}")
-    repeated = sorted({name for name in order if order.count(name) > 1})
-    if repeated:
-        raise ValueError(f"task(s) appear more than once in the order: {', '.join(repeated)}")
-    if length is not None and len(order) != length:
-        raise ValueError(f"the order has {len(order)} tasks; expected {length}")
-    return order
 
 
 def parse_order_indices(text: str, available: int = 10) -> list[int]:
@@ -222,21 +205,18 @@ def run_order(
     progress: ProgressFn | None = None,
 ) -> Run:
     """Merge the task models of `order` one by one and score every seen task after each step."""
-    order = check_order(order, [t.name for t in backbone.tasks])
-    merger = make_merger(spec.method, backbone.pretrained_state(), **spec.options)
+    engine = RunEngine(backbone, spec, order)
     matrix: list[list[float]] = []
     merge_seconds = eval_seconds = 0.0
-    for step, task in enumerate(order, start=1):
-        merged = merger.add(backbone.finetuned_state(task))
-        merge_seconds += merger.report.seconds
-        start = time.perf_counter()
-        scores = backbone.evaluate(merged, order[:step])
-        eval_seconds += time.perf_counter() - start
-        matrix.append([scores[name] for name in order[:step]])
+    for record in engine:
+        merge_seconds += record.report.seconds
+        eval_seconds += record.eval_seconds
+        matrix.append([record.scores[name] for name in engine.order[: record.step]])
         if progress:
-            progress(f"{spec.label}: step {step}/{len(order)} ({task})", step / len(order))
+            progress(f"{spec.label}: step {record.step}/{len(engine.order)} ({record.task})",
+                     record.step / len(engine.order))
     acc, bwt = acc_bwt(matrix)
-    return Run(spec.label, order, acc, bwt, matrix, merge_seconds, eval_seconds, spec.method, dict(spec.options))
+    return Run(spec.label, engine.order, acc, bwt, matrix, merge_seconds, eval_seconds, spec.method, dict(spec.options))
 
 
 def summarize(runs: Sequence[Run]) -> dict[str, dict[str, float]]:

@@ -411,3 +411,99 @@ def paper_comparison_bars(table: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(tickangle=-30)
     fig.update_layout(title=title, barmode="group", height=400, legend_title_text="source")
     return fig
+
+
+STEP_VALUES = {
+    "update_affinity": "update affinity A(V_d(i), V(Δt))",
+    "merged_affinity": "merged affinity A(V_d(i), V(τ̄t))",
+    "update_vector_affinity": "update vs task vector ‖V(Δt)ᵀV(τi)‖²/r_v (data-free)",
+}
+
+
+def step_matrices(geometry: pd.DataFrame, value: str, order: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Per method, seen task (rows, in `order`) x step (columns) of `value` averaged over layers;
+    NaN where a task is not seen yet. Only steps present in `geometry` become columns."""
+    if value not in STEP_VALUES:
+        raise ValueError(f"value must be one of {tuple(STEP_VALUES)}, got {value!r}")
+    _require(geometry, ["method", "step", "task", value], "step geometry")
+    out = {}
+    for method in _methods(geometry):
+        mine = geometry[geometry["method"] == method]
+        matrix = mine.groupby(["task", "step"])[value].mean().unstack("step")
+        steps = sorted(int(s) for s in matrix.columns)
+        out[method] = matrix.reindex(index=list(order), columns=steps)
+    return out
+
+
+def step_geometry_heatmaps(geometry: pd.DataFrame, value: str, order: Sequence[str]) -> go.Figure:
+    """Seen task x step heatmaps of one per-step geometry value, one per method, on one colour scale
+    (0..1): a new column per merge step. Low cells above the diagonal's row = transparency."""
+    title = STEP_VALUES.get(value, value) + ", mean over layers"
+    matrices = step_matrices(geometry, value, order)
+    if not matrices:
+        return _empty(title, "merge a task to see where its update lands")
+    names = list(matrices)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True, horizontal_spacing=0.04)
+    for col, name in enumerate(names, start=1):
+        matrix = matrices[name]
+        values = matrix.to_numpy(dtype=float)
+        fig.add_trace(
+            go.Heatmap(
+                z=values, x=[f"step {s}" for s in matrix.columns], y=list(matrix.index), zmin=0, zmax=1,
+                colorscale=AFFINITY_SCALE, showscale=col == len(names), colorbar={"title": "A"},
+                text=_labels(values, "{:.2f}"), texttemplate="%{text}" if values.shape[0] <= 10 else None,
+                hovertemplate=f"{name}<br>task %{{y}}<br>%{{x}}<br>%{{z:.3f}}<extra></extra>",
+            ),
+            row=1, col=col,
+        )
+        fig.update_xaxes(title_text="merge step", row=1, col=col)
+    fig.update_yaxes(title_text="seen task", autorange="reversed", row=1, col=1)
+    fig.update_layout(title=title, height=300 + 22 * len(order))
+    return fig
+
+
+def step_geometry_ecdf(geometry: pd.DataFrame, step: int, value: str = "update_affinity") -> go.Figure:
+    """ECDF over layers of `value` at one step, one line per (method, seen task): old tasks vs the new one."""
+    title = f"{STEP_VALUES.get(value, value)} over layers at step {step}"
+    _require(geometry, ["method", "step", "task", "new_task", value], "step geometry")
+    part = geometry[(geometry["step"] == step) & geometry[value].notna()]
+    if part.empty:
+        return _empty(title, "no geometry for this step")
+    fig = go.Figure()
+    for (method, task), rows in part.groupby(["method", "task"], sort=False):
+        values = np.sort(rows[value].to_numpy(dtype=float))
+        new = bool((rows["new_task"] == task).all())
+        fig.add_trace(go.Scatter(
+            x=values, y=np.arange(1, len(values) + 1) / len(values), mode="lines", line_shape="hv",
+            name=f"{method}: {task}{' (new)' if new else ''}", line={"color": method_color(method),
+                                                                      "dash": "solid" if new else "dot"},
+        ))
+    fig.add_vline(x=float(part["baseline"].mean()), line_dash="dash", line_color="grey",
+                  annotation_text="random baseline")
+    fig.update_layout(title=title, xaxis_title="affinity", yaxis_title="share of layers", xaxis_range=[0, 1],
+                      height=380)
+    return fig
+
+
+def update_affinity_lines(summary: pd.DataFrame, data: bool = True) -> go.Figure:
+    """The compact live panel: per method and step, mean update affinity with the earlier tasks
+    (dotted) and with the new task (solid); `summary` from `step_geometry.summarize_geometry`."""
+    title = "Where each update lands" + ("" if data else " (data-free: overlap with task vectors)")
+    _require(summary, ["method", "step", "old_update_affinity", "new_update_affinity",
+                       "new_update_vector_affinity", "baseline"], "geometry summary")
+    if summary.empty:
+        return _empty(title, "merge a task to see where its update lands")
+    new_column = "new_update_affinity" if data else "new_update_vector_affinity"
+    fig = go.Figure()
+    for method in _methods(summary):
+        mine = summary[summary["method"] == method]
+        color = method_color(method)
+        fig.add_trace(go.Scatter(x=mine["step"], y=mine[new_column], mode="lines+markers",
+                                 name=f"{method}: new task", line={"color": color}))
+        if data:
+            fig.add_trace(go.Scatter(x=mine["step"], y=mine["old_update_affinity"], mode="lines+markers",
+                                     name=f"{method}: earlier tasks", line={"color": color, "dash": "dot"}))
+    fig.add_hline(y=float(summary["baseline"].mean()), line_dash="dash", line_color="grey")
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title="mean affinity", yaxis_range=[0, 1],
+                      xaxis={"dtick": 1}, height=320)
+    return fig

@@ -3,14 +3,16 @@
 The merger holds the pre-trained state (by reference, never modified), the current merged state
 and O(1) statistics, whatever the number of tasks. Each `add` validates the task model, runs one
 step of the method, checks the result is finite ("safe merge") and only then commits it, so a
-rejected task loses nothing.
+rejected task loses nothing. `Merger.transaction()` widens that to a whole step of a run
+(merge, then evaluation or statistics): if anything in it fails, the merger is as before it.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,32 @@ class Merger:
         self.report: StepReport | None = None
         self._meta = scan.meta  # key -> (shape, floating): tasks are checked against it
         self._fingerprints: dict[tuple[float, str], int] = {scan.fingerprint: 0}
+        # inside a transaction: spilled states of earlier steps, released only when it succeeds
+        self._deferred: list[SpillState] | None = None
+
+    @contextmanager
+    def transaction(self) -> Generator[None, None, None]:
+        """Run a block in which `add` may be called once; if the block raises, the merger is
+        restored (merged state, step, seen tasks, report and method statistics) and the error
+        propagates. Without spilling, the snapshot holds references, never copies of a model."""
+        if self._deferred is not None:
+            raise RuntimeError("merger transactions do not nest")
+        saved = (self.merged, self.step, dict(self._fingerprints), self.report,
+                 copy.deepcopy({k: v for k, v in vars(self.method).items() if k != "options"}))
+        self._deferred = []
+        try:
+            yield
+        except BaseException:
+            if self.merged is not saved[0] and isinstance(self.merged, SpillState):
+                self.merged.release(delete=True)  # the uncommitted step's file
+            self.merged, self.step, self._fingerprints, self.report, method_state = saved
+            vars(self.method).update(method_state)
+            raise
+        else:
+            for spilled in self._deferred:
+                spilled.release(delete=True)
+        finally:
+            self._deferred = None
 
     def add(self, task: StateDict) -> dict[str, torch.Tensor]:
         """Merge one more task model; returns θ̄t as a new dict (CPU, pre-trained dtypes)."""
@@ -146,7 +174,10 @@ class Merger:
             if spilled is not merged:
                 spilled.release(delete=True)  # scratch states
         if isinstance(self.merged, SpillState):
-            self.merged.release(delete=True)  # the previous step's file
+            if self._deferred is not None:
+                self._deferred.append(self.merged)  # kept until the transaction succeeds
+            else:
+                self.merged.release(delete=True)  # the previous step's file
         return merged
 
 

@@ -14,10 +14,37 @@ import pandas as pd
 from nufilt import appstate, figures
 from nufilt.analysis import affinity_matrix, backbone_affinity, diagonal_dominance
 from nufilt.analysis.affinity import KINDS
+from nufilt.analysis.step_geometry import summarize_geometry
 from pages import ui
 
 ui.init_state()
 config, backbone, run = ui.require_run()
+
+# ---------------------------------------------------------------- live: the current run, step by step
+st.subheader("Live: where each merge step's update lands")
+ui.merge_controls(run, "geometry")
+geometry = run.geometry()
+data = run.geometry_has_data or geometry.empty
+if not data:
+    st.info("No task data for this backbone: showing the data-free view, the overlap of each update with the "
+            "task vectors' own subspaces (`update_vector_affinity`).")
+values = ["update_affinity", "merged_affinity"] if data else ["update_vector_affinity"]
+for value in values:
+    ui.chart(figures.step_geometry_heatmaps(geometry, value, run.order), geometry, f"step_{value}")
+if run.steps_done:
+    steps = list(range(1, run.steps_done + 1))
+    chosen_step = st.select_slider("Step", steps, value=steps[-1], key=f"geometry.step.{run.steps_done}")
+    ecdf_value = values[0]
+    ui.chart(figures.step_geometry_ecdf(geometry, chosen_step, ecdf_value),
+             geometry[geometry["step"] == chosen_step], "step_geometry_ecdf")
+    with st.expander("Mean per step (old tasks vs the new one)"):
+        st.dataframe(summarize_geometry(geometry), hide_index=True)
+st.caption("Update affinity A(V_d(i), V(Δt)), Δt = τ̄t − τ̄_{t−1}: low for earlier tasks (i < t) means the step "
+           "avoids their input subspaces (transparency), high for the new task (i = t) means it covers it "
+           "(fidelity). Merged affinity uses V(τ̄t): how much of task i the merged vector still covers.")
+
+# ---------------------------------------------------------------- before merging: Fig. 2
+st.subheader("Before merging: task data x task vectors (Fig. 2)")
 st.caption("A(V_d, V̂) = ‖V̂ᵀ V_d‖²_F / r_d: V_d = top-r_d eigenvectors of a layer's input second moment on the "
            "data task, V̂ = top-r_v right singular vectors of the vector task's τ at that layer. A random "
            "r_v-dimensional subspace scores r_v / d_in.")

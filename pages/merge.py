@@ -10,6 +10,7 @@ nav.require_app()
 st.title("Merge step by step")
 
 from nufilt import appstate, figures
+from nufilt.analysis.step_geometry import summarize_geometry
 from pages import ui
 
 ui.init_state()
@@ -26,7 +27,13 @@ if run.steps_done:
                       bwt, help="BWT: mean change of earlier tasks' accuracy since each was merged (forgetting < 0)")
 
 accuracy, metrics = run.accuracy(), run.metrics()
-ui.chart(figures.accuracy_matrices(accuracy, run.order), accuracy, "accuracy_matrix")
+matrix_col, geometry_col = st.columns([3, 2])
+with matrix_col:
+    ui.chart(figures.accuracy_matrices(accuracy, run.order), accuracy, "accuracy_matrix")
+with geometry_col:
+    geometry_summary = summarize_geometry(run.geometry())
+    ui.chart(figures.update_affinity_lines(geometry_summary, run.geometry_has_data or geometry_summary.empty),
+             geometry_summary, "update_affinity_lines")
 ui.chart(figures.acc_bwt_lines(metrics), metrics, "acc_bwt")
 ui.chart(figures.task_accuracy_lines(accuracy, run.order), accuracy, "task_accuracy")
 

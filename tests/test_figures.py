@@ -135,3 +135,63 @@ def test_builders_do_not_modify_their_input():
     figures.accuracy_matrices(table, ORDER)
     figures.task_accuracy_lines(table, ORDER)
     pd.testing.assert_frame_equal(table, copy)
+
+
+# ---------------------------------------------------------------- live step geometry
+
+
+def step_geometry_table(methods=("nufilt", "task_arithmetic"), steps=2, data=True) -> pd.DataFrame:
+    """Two layers per seen task and step; affinity = step / 10 + task index / 100 (+ layer / 1000)."""
+    order = ["a", "b", "c"]
+    rows = []
+    for method in methods:
+        for step in range(1, steps + 1):
+            for i, task in enumerate(order[:step]):
+                for layer in range(2):
+                    value = step / 10 + i / 100 + layer / 1000
+                    rows.append({"method": method, "step": step, "task": task, "new_task": order[step - 1],
+                                 "layer": f"l{layer}", "update_affinity": value if data else math.nan,
+                                 "merged_affinity": value / 2 if data else math.nan,
+                                 "update_vector_affinity": value, "baseline": 0.05})
+    return pd.DataFrame(rows)
+
+
+def test_step_matrices_average_layers_and_leave_unseen_tasks_empty():
+    matrices = figures.step_matrices(step_geometry_table(), "update_affinity", ["a", "b", "c"])
+    assert list(matrices) == ["nufilt", "task_arithmetic"]
+    matrix = matrices["nufilt"]
+    assert list(matrix.columns) == [1, 2] and list(matrix.index) == ["a", "b", "c"]
+    assert matrix.loc["b", 2] == pytest.approx(0.2 + 0.01 + 0.0005)
+    assert math.isnan(matrix.loc["b", 1]) and matrix.loc["c"].isna().all()
+    with pytest.raises(ValueError, match="value must be one of"):
+        figures.step_matrices(step_geometry_table(), "accuracy", ["a", "b", "c"])
+
+
+def test_step_heatmaps_grow_a_column_per_step_on_one_colour_scale():
+    for steps in (1, 2, 3):
+        fig = figures.step_geometry_heatmaps(step_geometry_table(steps=steps), "merged_affinity", ["a", "b", "c"])
+        assert len(fig.data) == 2
+        assert all(list(trace.x) == [f"step {s}" for s in range(1, steps + 1)] for trace in fig.data)
+        assert all((trace.zmin, trace.zmax) == (0, 1) for trace in fig.data)
+    empty = figures.step_geometry_heatmaps(step_geometry_table().iloc[:0], "update_affinity", ["a", "b", "c"])
+    assert not empty.data and "merge a task" in empty.layout.annotations[0].text
+
+
+def test_step_ecdf_has_one_line_per_method_and_seen_task_and_marks_the_new_one():
+    fig = figures.step_geometry_ecdf(step_geometry_table(), 2)
+    assert len(fig.data) == 2 * 2
+    new = [trace for trace in fig.data if trace.name.endswith("(new)")]
+    assert len(new) == 2 and all(trace.line.dash == "solid" for trace in new)
+    assert all(list(trace.y) == [0.5, 1.0] for trace in fig.data)  # two layers
+    assert not figures.step_geometry_ecdf(step_geometry_table(data=False), 2).data  # no data: nothing drawn
+
+
+def test_update_affinity_lines_show_old_and_new_or_the_data_free_view():
+    from nufilt.analysis.step_geometry import summarize_geometry
+
+    summary = summarize_geometry(step_geometry_table())
+    fig = figures.update_affinity_lines(summary)
+    assert len(fig.data) == 4 and {len(trace.x) for trace in fig.data} == {2}
+    free = figures.update_affinity_lines(summarize_geometry(step_geometry_table(data=False)), data=False)
+    assert len(free.data) == 2 and "data-free" in free.layout.title.text
+    assert all(not any(math.isnan(v) for v in trace.y) for trace in free.data)

@@ -26,11 +26,13 @@ KINDS = ("all", "attention", "mlp")
 
 
 def vector_bases(
-    pretrained: StateDict, finetuned: Mapping[str, StateDict], keys: Sequence[str], r_v: int
+    pretrained: StateDict, finetuned: Mapping[str, StateDict], keys: Sequence[str], r_v: int,
+    solver: str = "exact",
 ) -> dict[str, dict[str, torch.Tensor]]:
     """V̂ per task and layer: top-`r_v` right singular vectors of τ = θt − θ0, `(d_in, r_v)` float64.
 
-    `r_v` is clamped to min(d_out, d_in) per layer.
+    `r_v` is clamped to min(d_out, d_in) per layer; `solver` as in `subspace.top_right_singular_vectors`
+    (Fig. 2 uses "exact"; the app's live geometry "auto").
     """
     if isinstance(r_v, bool) or not isinstance(r_v, int) or r_v < 1:
         raise ValueError(f"r_v must be a positive integer, got {r_v!r}")
@@ -40,7 +42,7 @@ def vector_bases(
         bases[task] = {}
         for group, matrices in stacked(keys, shapes, lambda key, state=state: vector(state, pretrained, key)):
             rank = min(r_v, *matrices.shape[-2:])
-            basis, _ = top_right_singular_vectors(matrices, rank)  # (L, d_in, r_v)
+            basis, _ = top_right_singular_vectors(matrices, rank, solver)  # (L, d_in, r_v)
             bases[task].update(zip(group, basis, strict=True))
     return bases
 

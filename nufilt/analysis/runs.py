@@ -1,18 +1,17 @@
-"""Merge runs for the analyses: a step generator and a backbone wrapper that keeps models in memory."""
+"""Merge runs for the analyses: a step generator (on the run engine) and a backbone wrapper that keeps
+models in memory."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..backbones.base import Backbone, DelegatingBackbone
-from ..evaluation import MethodSpec, check_order, method_spec
-from ..merge import StepReport, make_merger
-from ..statedict import StateDict
+from ..engine import RunEngine, StepRecord, score_none
+from ..evaluation import MethodSpec, method_spec
 
 
 class CachedBackbone(DelegatingBackbone):
@@ -43,20 +42,6 @@ class CachedBackbone(DelegatingBackbone):
         return self._state(task)
 
 
-@dataclass
-class StepRecord:
-    """One merge step as the analyses see it (all states are read-only views)."""
-
-    step: int  # 1-based
-    task: str
-    pretrained: StateDict  # θ0
-    previous: StateDict  # θ̄_{t−1} (θ0 at step 1)
-    merged: StateDict  # θ̄t
-    task_state: StateDict  # θt
-    report: StepReport
-    spec: MethodSpec
-
-
 def resolve_spec(
     backbone: Backbone,
     label: str,
@@ -70,16 +55,12 @@ def resolve_spec(
 
 
 def merge_steps(backbone: Backbone, spec: MethodSpec, order: Sequence[str]) -> Iterator[StepRecord]:
-    """Merge the task models of `order` one by one with `spec`, yielding a `StepRecord` per step.
+    """Merge the task models of `order` one by one with `spec`, yielding a `StepRecord` per step
+    (no evaluation: `engine.RunEngine` with `score_none`).
 
     Holds θ0, θ̄_{t−1}, θ̄t and θt at a time (plus whatever the backbone caches).
     """
-    order = check_order(order, [t.name for t in backbone.tasks])
-    pretrained = backbone.pretrained_state()
-    merger = make_merger(spec.method, pretrained, **spec.options)
-    previous: StateDict = pretrained
-    for step, task in enumerate(order, start=1):
-        task_state = backbone.finetuned_state(task)
-        merged = merger.add(task_state)
-        yield StepRecord(step, task, pretrained, previous, merged, task_state, merger.report, spec)
-        previous = merged
+    yield from RunEngine(backbone, spec, order, score=score_none)
+
+
+__all__ = ["CachedBackbone", "StepRecord", "merge_steps", "resolve_spec"]

@@ -35,10 +35,11 @@ ANGLE_COLUMNS = ("method", "step", "new_task", "layer", "block", "kind", "index"
 SPECTRUM_COLUMNS = ("method", "step", "new_task", "layer", "block", "kind", "index", "value")
 
 
-def _bases(keys: Sequence[str], shapes: Mapping[str, torch.Size], make, rank: int) -> dict[str, torch.Tensor]:
+def _bases(keys: Sequence[str], shapes: Mapping[str, torch.Size], make, rank: int,
+           solver: str = "exact") -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for group, matrices in stacked(keys, shapes, make):
-        basis, _ = top_right_singular_vectors(matrices, min(rank, *matrices.shape[-2:]))
+        basis, _ = top_right_singular_vectors(matrices, min(rank, *matrices.shape[-2:]), solver)
         out.update(zip(group, basis, strict=True))
     return out
 
@@ -57,11 +58,16 @@ def step_geometry(
     r_d: int = 8,
     r_p: int = 128,
     top_k: int = 16,
+    solver: str = "exact",
+    spectra: bool = True,
 ) -> dict[str, list[dict]]:
     """Rows of the three tables for one step (`seen`: task names in merge order, the new one
     last). `task_bases`: V(τi) per seen task and layer (`affinity.vector_bases(..., r_v)`);
     `data_stats`: per seen task and layer, or None without data (then the two data affinities
-    are NaN). `previous` is θ̄_{t−1} (θ0 at step 1)."""
+    are NaN). `previous` is θ̄_{t−1} (θ0 at step 1). `solver` computes the step's own bases
+    (`subspace.top_right_singular_vectors`): "exact" keeps the step-1 identity with Fig. 2 exact;
+    the app passes "auto" (randomized for small ranks of wide layers) to keep a step interactive.
+    `spectra=False` skips the angle and spectrum tables (and their r_p basis and full spectrum)."""
     if not seen:
         raise ValueError("step geometry needs at least the new task in `seen`")
     for name, value in (("r_v", r_v), ("r_d", r_d), ("r_p", r_p), ("step", step)):
@@ -74,11 +80,12 @@ def step_geometry(
     if missing:
         raise ValueError(f"no task-vector basis for {', '.join(missing)}")
     shapes = {key: pretrained[key].shape for key in keys}
-    update = _bases(keys, shapes, lambda k: vector(merged, previous, k), r_v)          # V(Δt)
-    merged_basis = _bases(keys, shapes, lambda k: vector(merged, pretrained, k), r_v)  # V(τ̄t)
-    old_basis = (_bases(keys, shapes, lambda k: vector(previous, pretrained, k), r_p) if step > 1 else {})
+    update = _bases(keys, shapes, lambda k: vector(merged, previous, k), r_v, solver)          # V(Δt)
+    merged_basis = _bases(keys, shapes, lambda k: vector(merged, pretrained, k), r_v, solver)  # V(τ̄t)
+    old_basis = (_bases(keys, shapes, lambda k: vector(previous, pretrained, k), r_p, solver)
+                 if step > 1 and spectra else {})
     base = {"method": method, "step": step, "new_task": new_task}
-    rows, angles, spectra = [], [], []
+    rows, angles, spectrum = [], [], []
     for key in keys:
         info = layer_info(key)
         d_in = shapes[key][-1]
@@ -100,10 +107,11 @@ def step_geometry(
                 values = torch.rad2deg(principal_angles(task_bases[new_task][key].double(), kept.double()))
                 angles.extend({**base, "layer": key, **info, "index": j + 1, "angle_degrees": float(v)}
                               for j, v in enumerate(values.tolist()))
-        singular = torch.linalg.svdvals(vector(merged, pretrained, key))[:top_k]
-        spectra.extend({**base, "layer": key, **info, "index": j + 1, "value": float(v)}
-                       for j, v in enumerate(singular.tolist()))
-    return {"step_geometry": rows, "step_angles": angles, "step_spectra": spectra}
+        if spectra:
+            singular = torch.linalg.svdvals(vector(merged, pretrained, key))[:top_k]
+            spectrum.extend({**base, "layer": key, **info, "index": j + 1, "value": float(v)}
+                            for j, v in enumerate(singular.tolist()))
+    return {"step_geometry": rows, "step_angles": angles, "step_spectra": spectrum}
 
 
 def geometry_tables(parts: Sequence[Mapping[str, list[dict]]]) -> dict[str, pd.DataFrame]:

@@ -17,9 +17,10 @@ from typing import Any
 import pandas as pd
 
 from ..backbones.base import Backbone
+from ..engine import RunEngine
 from ..evaluation import MethodSpec, acc_bwt, paper_orders
 from .activations import selected_layers
-from .runs import CachedBackbone, merge_steps, resolve_spec
+from .runs import CachedBackbone, resolve_spec
 
 PAPER_WIDTH = 768
 PAPER_SWEEPS: dict[str, dict[str, Any]] = {
@@ -60,15 +61,18 @@ def layer_width(backbone: Backbone) -> int:
 
 def acc_bwt_run(backbone: Backbone, spec: MethodSpec, order: Sequence[str]) -> dict[str, float]:
     """ACC, BWT, merge and evaluation seconds of one run, scoring only what the two metrics use."""
+    final = len(order)
+
+    def scored(step: int, seen: list[str]) -> list[str]:
+        return seen if step == final else seen[-1:]
+
     merge_seconds = eval_seconds = 0.0
     matrix: list[list[float]] = []
-    for record in merge_steps(backbone, spec, order):
+    for record in RunEngine(backbone, spec, order, score=scored):
         merge_seconds += record.report.seconds
-        start = time.perf_counter()
+        eval_seconds += record.eval_seconds
         seen = list(order[: record.step])
-        scores = backbone.evaluate(record.merged, seen if record.step == len(order) else [record.task])
-        eval_seconds += time.perf_counter() - start
-        matrix.append([scores.get(task, float("nan")) for task in seen])  # NaN: entries ACC/BWT never read
+        matrix.append([record.scores.get(task, float("nan")) for task in seen])  # NaN: entries ACC/BWT never read
     acc, bwt = acc_bwt(matrix)
     return {"acc": acc, "bwt": bwt, "merge_seconds": merge_seconds, "eval_seconds": eval_seconds}
 

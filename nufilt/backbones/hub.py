@@ -109,7 +109,7 @@ def load_hf_dataset(path: str, name: str | None, split: str, cache_dir: str | No
         raise ImportError(
             f"evaluating on {path!r} needs the Hugging Face `datasets` package, which is not "
             "installed: `pip install datasets`, or pass `data_dir=` with local test sets "
-            "(see README, 'Real backbones')."
+            "(see docs/real-backbones.md)."
         ) from None
     try:
         return datasets.load_dataset(path, name, split=split, cache_dir=cache_dir)
@@ -119,7 +119,7 @@ def load_hf_dataset(path: str, name: str | None, split: str, cache_dir: str | No
             path if name is None else f"{path}:{name}",
             error,
             "Fetch it where there is network (it then stays in the datasets cache) or pass "
-            "`data_dir=` with local test sets (see README, 'Real backbones').",
+            "`data_dir=` with local test sets (see docs/real-backbones.md).",
         ) from None
 
 

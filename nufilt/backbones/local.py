@@ -65,7 +65,7 @@ def make_backbone(argument: str, **kwargs) -> Backbone:
     if not config_path.is_file():
         raise FileNotFoundError(
             f"{root}: expected a `pretrained/` save_pretrained folder with config.json "
-            "(or an open_clip folder with open_clip_config.json); see README, 'Real backbones'"
+            "(or an open_clip folder with open_clip_config.json); see docs/real-backbones.md"
         )
     config = read_json(config_path, "model config")
     if not isinstance(config, dict):

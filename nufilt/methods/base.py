@@ -117,6 +117,19 @@ def elementwise_step(
     return merged
 
 
+def option(default: Any, help: str, choices: Sequence[str] = ()) -> Any:
+    """A dataclass field of an Options class with its help text (and allowed values, for strings) as
+    metadata: the app's widgets and the CLI read them from `dataclasses.fields`, never from source."""
+    if not help:
+        raise ValueError("every option needs a help text")
+    return field(default=default, metadata={"help": help, "choices": tuple(choices)})
+
+
+def option_help(options_cls: type) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """name -> (help, choices) for every field of an Options dataclass ("" and () when missing)."""
+    return {f.name: (f.metadata.get("help", ""), tuple(f.metadata.get("choices", ()))) for f in fields(options_cls)}
+
+
 def resolve_aliases(options_cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
     """`values` with each alias of `options_cls` replaced by the options it stands for.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import MergeMethod, StepContext, check_number, pair_step
+from .base import MergeMethod, StepContext, check_number, option, pair_step
 
 
 def isotropic_sum(previous: torch.Tensor, task_vector: torch.Tensor) -> torch.Tensor:
@@ -23,7 +23,7 @@ def isotropic_sum(previous: torch.Tensor, task_vector: torch.Tensor) -> torch.Te
 
 @dataclass
 class IsoCOptions:
-    scale: float = 1.0  # λ; the authors' config (config/method/nufilt/iso.yaml)
+    scale: float = option(1.0, "λ; the authors' config (config/method/nufilt/iso.yaml)")
 
     def __post_init__(self) -> None:
         check_number("scale", self.scale)

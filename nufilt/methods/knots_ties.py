@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import MergeMethod, StepContext, check_choice, check_number, elementwise_step
+from .base import MergeMethod, StepContext, check_choice, check_number, elementwise_step, option
 from .ties import DISJOINT_MERGES, elect_and_merge, magnitude_threshold, trim
 
 ADD_TO = ("merged", "pretrained")
@@ -35,11 +35,15 @@ def knots_merge(
 
 @dataclass
 class KnotsTiesOptions:
-    scale: float = 0.1  # λ; the authors' config (config/method/nufilt/knots.yaml)
-    top_k: float = 20.0  # percent of each V block's entries TIES keeps
-    merge: str = "sum"  # TIES disjoint merge: "sum" (the authors' config) or "mean"
-    rank_tol: float = 1e-4  # singular values of [τ̄, τt] at or below this are dropped (absolute)
-    add_to: str = "merged"  # θ̄t = θ̄_{t−1} + λ·result (authors' code) or "pretrained": θ0 + λ·result
+    scale: float = option(0.1, "λ; the authors' config (config/method/nufilt/knots.yaml)")
+    top_k: float = option(20.0, "percent of each V block's entries TIES keeps")
+    merge: str = option("sum", 'TIES disjoint merge: "sum" (the authors\' config) or "mean"', choices=DISJOINT_MERGES)
+    rank_tol: float = option(1e-4, "singular values of [τ̄, τt] at or below this are dropped (absolute)")
+    add_to: str = option(
+        "merged",
+        'θ̄t = θ̄_{t−1} + λ·result (authors\' code) or "pretrained": θ0 + λ·result',
+        choices=ADD_TO,
+    )
 
     def __post_init__(self) -> None:
         check_number("scale", self.scale)

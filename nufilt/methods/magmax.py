@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import MergeMethod, StepContext, check_number, elementwise_step
+from .base import MergeMethod, StepContext, check_number, elementwise_step, option
 
 
 @dataclass
 class MagMaxOptions:
-    scale: float = 0.5  # λ (Table 9)
+    scale: float = option(0.5, "λ (Table 9)")
 
     def __post_init__(self) -> None:
         check_number("scale", self.scale, low=0.0, low_open=True)

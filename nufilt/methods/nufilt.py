@@ -27,6 +27,7 @@ from .base import (
     chunks,
     elementwise_step,
     group_by_shape,
+    option,
 )
 
 OTHER_PARAMS = ("keep-pretrained", "average", "task-arithmetic")
@@ -241,19 +242,39 @@ def _null_space_alias(value: Any) -> dict[str, str]:
 
 @dataclass
 class NufiltOptions:
-    r_p: int = 128  # null-space rank: directions of τ̄_{t−1} the filter removes (Table 9)
-    r_l: int = 64  # LoRA rank; 0 is the "null-space only" ablation
-    r_v: int = 8  # rank of the new task's subspace in the fidelity term
-    steps: int = 50  # Adam iterations per task
-    lr: float = 1e-3  # Adam learning rate
-    init_std: float = 0.02  # A ~ N(0, init_std²), B = 0
-    filter: str = "null-space"  # P: "null-space" (the method), "identity" (authors' no-filter run), "zero" (Table 4)
-    other_params: str = "keep-pretrained"  # unselected parameters: see OTHER_PARAMS
-    other_scale: float = 0.3  # λ when other_params == "task-arithmetic"
-    first_step: str = "paper"  # "paper": θ̄1 = θ1; "filtered": the authors' code (see docs)
-    svd: str = "auto"  # bases: "auto" checked (equal to "exact" thin SVD), "gram", "lowrank" unchecked
-    lora_solver: str = "adam"  # "adam": the paper's fit; "exact": closed-form minimiser of Eq. 16
-    gram_rank: int = 0  # > 0: Adam uses τt's top-k spectral part of τtᵀτt (faster; 0 = exact)
+    r_p: int = option(128, "null-space rank: directions of τ̄_{t−1} the filter removes (Table 9)")
+    r_l: int = option(64, 'LoRA rank; 0 is the "null-space only" ablation')
+    r_v: int = option(8, "rank of the new task's subspace in the fidelity term")
+    steps: int = option(50, "Adam iterations per task")
+    lr: float = option(1e-3, "Adam learning rate")
+    init_std: float = option(0.02, "A ~ N(0, init_std²), B = 0")
+    filter: str = option(
+        "null-space",
+        'P: "null-space" (the method), "identity" (authors\' no-filter run), "zero" (Table 4)',
+        choices=FILTERS,
+    )
+    other_params: str = option(
+        "keep-pretrained",
+        "what the unselected parameters get: θ0, the task average, or task arithmetic with other_scale",
+        choices=OTHER_PARAMS,
+    )
+    other_scale: float = option(0.3, 'λ when other_params == "task-arithmetic"')
+    first_step: str = option(
+        "paper",
+        '"paper": θ̄1 = θ1; "filtered": the authors\' code (see docs)',
+        choices=FIRST_STEPS,
+    )
+    svd: str = option(
+        "auto",
+        'bases: "auto" checked per layer (equal to "exact", the thin SVD), "gram", "lowrank" unchecked',
+        choices=SVD_SOLVERS,
+    )
+    lora_solver: str = option(
+        "adam",
+        '"adam": the paper\'s fit; "exact": closed-form minimiser of Eq. 16',
+        choices=LORA_SOLVERS,
+    )
+    gram_rank: int = option(0, "> 0: Adam uses τt's top-k spectral part of τtᵀτt (faster; 0 = exact)")
 
     # the earlier spelling: null_space=True is filter="null-space", False is filter="identity"
     aliases: ClassVar[dict[str, Callable[[Any], dict[str, str]]]] = {"null_space": _null_space_alias}

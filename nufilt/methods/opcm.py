@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import MergeMethod, StepContext, check_number
+from .base import MergeMethod, StepContext, check_number, option
 
 
 def split_rank(singular_values: torch.Tensor, alpha: float) -> int:
@@ -49,8 +49,8 @@ def project_out(
 
 @dataclass
 class OpcmOptions:
-    alpha: float = 0.5  # share of the previous spectrum whose top-left block is protected
-    zero_diagonal: bool = True  # remove diag(C) as described; False: the published code (a no-op fill)
+    alpha: float = option(0.5, "share of the previous spectrum whose top-left block is protected")
+    zero_diagonal: bool = option(True, "remove diag(C) as described; False: the published code (a no-op fill)")
 
     def __post_init__(self) -> None:
         check_number("alpha", self.alpha, low=0.0, high=1.0)

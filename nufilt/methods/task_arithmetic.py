@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import MergeMethod, StepContext, check_number, elementwise_step
+from .base import MergeMethod, StepContext, check_number, elementwise_step, option
 
 
 def scale_for(n_tasks: int) -> float:
@@ -17,7 +17,7 @@ def scale_for(n_tasks: int) -> float:
 
 @dataclass
 class TaskArithmeticOptions:
-    scale: float = 0.3  # λ; Table 9 uses 0.3 for 8 tasks and 0.1 for 14/20
+    scale: float = option(0.3, "λ; Table 9 uses 0.3 for 8 tasks and 0.1 for 14/20")
 
     def __post_init__(self) -> None:
         check_number("scale", self.scale)

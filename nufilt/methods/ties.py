@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import MergeMethod, StepContext, check_choice, check_number, elementwise_step
+from .base import MergeMethod, StepContext, check_choice, check_number, elementwise_step, option
 from .task_arithmetic import scale_for
 
 
@@ -92,9 +92,13 @@ def elect_and_merge(trimmed: Sequence[torch.Tensor], merge: str = "mean") -> tor
 
 @dataclass
 class TiesOptions:
-    scale: float = 0.3  # λ; Table 9 uses 0.3 for 8 tasks and 0.1 for 14/20
-    top_k: float = 20.0  # percent of entries kept per vector, over the whole selected model
-    merge: str = "mean"  # disjoint merge of agreeing entries: "mean" (TIES paper) or "sum" (authors' config)
+    scale: float = option(0.3, "λ; Table 9 uses 0.3 for 8 tasks and 0.1 for 14/20")
+    top_k: float = option(20.0, "percent of entries kept per vector, over the whole selected model")
+    merge: str = option(
+        "mean",
+        'disjoint merge of agreeing entries: "mean" (TIES paper) or "sum" (authors\' config)',
+        choices=DISJOINT_MERGES,
+    )
 
     def __post_init__(self) -> None:
         check_number("scale", self.scale)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import MergeMethod, StepContext, check_number, pair_step
+from .base import MergeMethod, StepContext, check_number, option, pair_step
 
 
 def closest_orthonormal(matrix: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def task_singular_merge(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 @dataclass
 class TsvMOptions:
-    scale: float = 1.0  # λ; the authors' config (config/method/nufilt/tsvm.yaml)
+    scale: float = option(1.0, "λ; the authors' config (config/method/nufilt/tsvm.yaml)")
 
     def __post_init__(self) -> None:
         check_number("scale", self.scale)

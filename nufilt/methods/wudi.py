@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import MergeMethod, StepContext, check_number, check_rank, chunks, elementwise_step, group_by_shape
+from .base import MergeMethod, StepContext, check_number, check_rank, chunks, elementwise_step, group_by_shape, option
 
 
 def wudi_solve(
@@ -64,8 +64,8 @@ def wudi_solve(
 
 @dataclass
 class WudiOptions:
-    steps: int = 50  # Adam iterations per step (Table 9)
-    lr: float = 1e-5  # Adam learning rate (Table 9)
+    steps: int = option(50, "Adam iterations per step (Table 9)")
+    lr: float = option(1e-5, "Adam learning rate (Table 9)")
 
     def __post_init__(self) -> None:
         check_rank("steps", self.steps)

@@ -181,6 +181,45 @@ def test_reset_and_an_interrupted_step_is_finished_by_the_next(backbone):
     assert run.steps_done == 0 and run.accuracy().empty and run.messages == []
 
 
+def test_a_failed_evaluation_leaves_the_multirun_unchanged_and_a_retry_succeeds(backbone, monkeypatch):
+    run = make_run(backbone)
+    run.step()
+    tables = {name: list(rows) for name, rows in run._rows.items()}
+    merged = {label: run.merged_state(label) for label in run.labels}
+    original = run.backbone.evaluate
+
+    def failing(state, tasks):
+        raise RuntimeError("injected evaluation failure")
+
+    monkeypatch.setattr(run.backbone, "evaluate", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        run.step()
+    assert run.steps_done == 1 and {name: list(rows) for name, rows in run._rows.items()} == tables
+    assert all(run.merged_state(label) is merged[label] for label in run.labels)
+    assert all(run._methods[label].engine.steps_done == 1 for label in run.labels)
+    monkeypatch.setattr(run.backbone, "evaluate", original)
+    run.run_to_end()  # no "task 2 has exactly the weights of task 1"
+    assert run.finished and [len(row) for row in run.matrix("nufilt")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("track", [True, False])
+def test_multirun_records_the_step_geometry_with_data_or_data_free(backbone, track):
+    order = [t.name for t in backbone.tasks][::-1]
+    config = appstate.make_config("tiny-vit", 3, order, ("nufilt", "task_arithmetic"), {})
+    run = appstate.MultiRun(backbone, order, config.specs(backbone), track_losses=track)
+    run.step()
+    run.step()
+    geometry = run.geometry()
+    for step in (1, 2):
+        part = geometry[(geometry["step"] == step) & (geometry["method"] == "nufilt")]
+        assert len(part) == step * len(run.keys) and set(part["task"]) == set(order[:step])
+    assert geometry["update_vector_affinity"].between(0, 1 + 1e-9).all()
+    assert run.geometry_has_data == track
+    assert geometry["update_affinity"].notna().all() == track and geometry["merged_affinity"].isna().all() != track
+    run.reset()
+    assert run.geometry().empty
+
+
 def test_clamped_ranks_are_reported_once(backbone):
     run = make_run(backbone, methods=("nufilt",), nufilt={"r_p": 10_000})
     run.run_to_end()

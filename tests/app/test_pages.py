@@ -176,6 +176,28 @@ def test_geometry_page_draws_affinity_heatmaps_and_ecdfs(app):
     assert any("r_d" in e.value for e in app.error)
 
 
+def test_a_merge_step_adds_a_column_to_the_live_geometry_heatmap(app):
+    open_page(app, "geometry")
+    assert_clean(app)
+    assert not chart(app, "update affinity")["data"]  # nothing merged yet: an empty figure
+    columns = []
+    for _ in range(2):
+        app.button(key="geometry.step").click().run()
+        assert_clean(app)
+        spec = chart(app, "update affinity")
+        assert len(spec["data"]) == 2  # one heatmap per method (nufilt, opcm), one colour scale
+        assert all(trace["zmin"] == 0 and trace["zmax"] == 1 for trace in spec["data"])
+        columns.append(values(spec["data"][0]["x"]))
+        cells = [c for c in values(spec["data"][0]["z"]) if c is not None and c == c]
+        assert cells and all(0 <= c <= 1 for c in cells)
+    assert columns == [["step 1"], ["step 1", "step 2"]]
+    assert chart(app, "merged affinity")["data"]
+    assert chart(app, "update affinity A(V_d(i), V(Δt)) over layers at step 2")["data"]  # the ECDF of the step
+    open_page(app, "merge")  # the same run: the compact panel shows both steps
+    lines = chart(app, "Where each update lands")
+    assert {len(values(trace["x"])) for trace in lines["data"]} == {2}
+
+
 def test_stability_page_shows_both_losses_after_two_steps(app):
     open_page(app, "stability")
     assert_clean(app)

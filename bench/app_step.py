@@ -1,0 +1,74 @@
+"""Server time of one app step ("Merge next task") on the embedded zoo, split into its parts.
+
+Runs the app's `MultiRun` (the Merge and Geometry pages' run) with the app's default methods on
+the first paper order, one step at a time, and prints per step: the whole step, then per method
+the merge, the evaluation of the seen tasks and the analysis (stability/plasticity losses and the
+live step geometry), and the step geometry alone (timed by wrapping it). Statistics and models are
+loaded before the first timed step, as the app's background preparation does.
+
+    NUFILT_CACHE_DIR=/work/zoo-cache OMP_NUM_THREADS=1 python bench/app_step.py --threads 1
+    python bench/app_step.py --quick     # the micro zoo (3 tasks), built if missing: seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nufilt import appstate  # noqa: E402
+from nufilt.evaluation import paper_orders  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the micro zoo (3 tasks) instead of the default (8)")
+    parser.add_argument("--methods", default="nufilt,opcm", help="comma-separated (default: the app's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the app)")
+    parser.add_argument("--steps", type=int, default=0, help="steps to time (default: the whole order)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    preset, n_tasks = ("micro", 3) if args.quick else ("default", 8)
+    backbone = appstate.open_backbone("tiny-vit", n_tasks, preset=preset)
+    backbone.prepare()
+    order = paper_orders([t.name for t in backbone.tasks], [1])[0]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    config = appstate.make_config("tiny-vit", n_tasks, order, methods, {})
+    run = appstate.MultiRun(backbone, order, config.specs(backbone))
+    for task in order:  # warm the model and statistics caches (the app's preparation)
+        backbone.finetuned_state(task)
+        run._statistics(task)
+
+    geometry_seconds: dict[int, float] = {}
+    inner = run._geometry
+
+    def timed(record):
+        start = time.perf_counter()
+        rows = inner(record)
+        geometry_seconds[record.step] = geometry_seconds.get(record.step, 0.0) + time.perf_counter() - start
+        return rows
+
+    run._geometry = timed
+    steps = len(order) if args.steps <= 0 else min(args.steps, len(order))
+    print(f"tiny-vit {preset} zoo, {n_tasks} tasks, methods {', '.join(methods)}, {args.threads} thread(s)")
+    print(f"{'step':>4} {'total s':>8} {'merge s':>8} {'eval s':>8} {'analysis s':>10} {'geometry s':>10}")
+    totals = []
+    for _ in range(steps):
+        run.step()
+        metrics = run.metrics()
+        mine = metrics[metrics["step"] == run.steps_done]
+        totals.append(run.last_step_seconds)
+        print(f"{run.steps_done:>4} {run.last_step_seconds:>8.2f} {mine['merge_seconds'].sum():>8.2f} "
+              f"{mine['eval_seconds'].sum():>8.2f} {mine['analysis_seconds'].sum():>10.2f} "
+              f"{geometry_seconds[run.steps_done]:>10.2f}")
+    print(f"mean step {sum(totals) / len(totals):.2f} s, slowest {max(totals):.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
