@@ -133,7 +133,8 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write the final merged model of the first method and order as a save_pretrained folder",
     )
-    parser.add_argument("--data-dir", type=Path, metavar="DIR", help="hub backbones: local test sets (docs/real-backbones.md)")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR",
+                        help="hub backbones: local test sets (docs/real-backbones.md)")
     parser.add_argument("--max-samples", type=int, metavar="N", help="hub backbones: test examples per task")
     parser.set_defaults(handler=run_command)
 
