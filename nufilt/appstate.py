@@ -950,6 +950,29 @@ def save_to_folder(backbone: Backbone, state: StateDict, folder: str, card_info:
     return save_merged(backbone, state, target, card_info)
 
 
+APP_WORKERS_ENV = "NUFILT_APP_WORKERS"  # Ray workers of the app's long jobs; 0 or 1: in the server process
+
+
+def grid_workers(config: RunConfig):
+    """`grid.Workers` for the app's long jobs (the Ranks page's points, Compare's runs over the
+    paper's orders): `$NUFILT_APP_WORKERS` (default 2, the machine's two cores) Ray workers that
+    each open this run's backbone, the Ray session kept for the next job; None (run here) when
+    Ray is not installed or the count is 0 or 1."""
+    from functools import partial
+
+    from .grid import Workers, ray_available
+
+    text = os.environ.get(APP_WORKERS_ENV, "").strip() or "2"
+    if not text.isdigit():
+        raise ValueError(f"{APP_WORKERS_ENV} must be a whole number, got {text!r}")
+    if int(text) < 2 or not ray_available():
+        return None
+    spec, n_tasks, preset, cache_dir, device, max_eval, data_dir = config.backbone_key()
+    if cache_dir is not None:
+        cache_dir = str(Path(cache_dir).expanduser().resolve())
+    recipe = partial(open_backbone, spec, n_tasks, preset, cache_dir, device, max_eval, data_dir)
+    return Workers(recipe, int(text), threads=default_threads(), keep_session=True)
+
 __all__ = [
     "BACKBONE_CHOICES",
     "COMMON_OPTIONS",
@@ -964,6 +987,7 @@ __all__ = [
     "ecdf_with_layers",
     "export_safetensors",
     "export_zip",
+    "grid_workers",
     "make_config",
     "open_backbone",
     "option_fields",
