@@ -529,12 +529,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .backbones.hub import HubUnavailableError
+    from .grid import GridError
 
     prog = f"{parser.prog} {args.command}"
     try:
         _set_threads(args)
         return args.handler(args)
-    except HubUnavailableError as error:  # no network or cache: a message, not a traceback
+    except (HubUnavailableError, GridError) as error:  # no network or cache; cells that failed twice
         print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
         return 1
     except USER_ERRORS as error:

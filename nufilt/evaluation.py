@@ -296,8 +296,7 @@ def _run_grid_benchmark(backbone: Backbone, specs: Sequence[MethodSpec], orders:
         "runs": [run.to_json() for run in runs],
         "summary": summarize(runs),
         "reference": reference,
-        "workers": {"count": len([w for w in grid.workers if "died" not in w]), "seconds": grid.seconds, "startup_seconds": grid.startup_seconds,
-                    "per_worker": grid.workers},
+        "workers": grid.record(),
     }
 
 

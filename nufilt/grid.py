@@ -73,6 +73,11 @@ class GridResult:
     seconds: float = 0.0  # the whole grid, Ray's start included
     startup_seconds: float = 0.0  # Ray's start and the workers' backbone loading
 
+    def record(self) -> dict[str, Any]:
+        """The `workers` entry of a results document."""
+        return {"count": len([worker for worker in self.workers if "died" not in worker]), "seconds": self.seconds,
+                "startup_seconds": self.startup_seconds, "per_worker": self.workers}
+
 
 class GridError(RuntimeError):
     """Cells that failed on both attempts; `failures` maps cell index -> (name, last error),
@@ -188,6 +193,8 @@ def _error_text(error: BaseException) -> str:
     if isinstance(cause, BaseException):
         error = cause
     text = " ".join(str(error).split())
+    if len(text) > 300:  # Ray's reports of a dead worker run to paragraphs
+        text = text[:297] + "..."
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -206,7 +213,10 @@ def _run_on_ray(cells: list[Cell], workers: Workers, progress: ProgressFn | None
     actors: dict[int, Any] = {}  # worker id -> live actor
     records: dict[int, dict[str, Any]] = {}  # worker id -> its record
     try:
-        count = workers.count or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        count = workers.count or max(1, cpus)
+        if count > cpus:  # the workers would wait for CPUs forever
+            raise ValueError(f"{count} workers need {count} CPUs; the Ray cluster has {cpus}")
         crash = os.environ.get(FAULT_ENV) == "exit"
 
         def spawn(worker: int, crash: bool = False) -> None:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from nufilt import appstate, figures
 from nufilt.evaluation import Run, paper_orders, reference_summary, run_order, summarize
-from nufilt.grid import Cell, run_grid
+from nufilt.grid import Cell, GridError, run_grid
 from nufilt.paper import paper_reference
 from pages import ui
 
@@ -64,12 +64,18 @@ if config.n_tasks in (8, 14, 20):
                 bar.progress(0.0, text=f"starting {workers.count} workers")
                 cells = [Cell(run_order, spec, order, f"{spec.label}, order {orders.index(list(order)) + 1}")
                          for _, spec, order in missing]
-                grid = run_grid(cells, workers, progress=lambda message, fraction: bar.progress(fraction, message))
-                for (key, spec, order), computed in zip(missing, grid.values, strict=True):
-                    order_run(key, spec.label, order, spec, backbone, computed.to_json())
-                    done.append(key)
+                try:
+                    values = run_grid(cells, workers, progress=lambda message, fraction: bar.progress(fraction,
+                                                                                                      message)).values
+                except GridError as error:  # keep the runs that completed
+                    st.error(str(error))
+                    values = [error.values.get(i) for i in range(len(cells))]
+                for (key, spec, order), computed in zip(missing, values, strict=True):
+                    if computed is not None:
+                        order_run(key, spec.label, order, spec, backbone, computed.to_json())
+                        done.append(key)
             bar.empty()
-            missing = []
+            missing = [job for job in jobs if job[0] not in done]
         if not missing:
             runs = [Run(**order_run(key, spec.label, order, spec, backbone)) for key, spec, order in jobs]
             summary = summarize(runs)

@@ -5,6 +5,7 @@ One Ray session (2 CPUs) serves the module: starting Ray takes seconds on the 2-
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -14,6 +15,7 @@ import pytest
 
 from nufilt.analysis.sweeps import rank_sweep
 from nufilt.backbones import get_backbone
+from nufilt.cli import main
 from nufilt.evaluation import method_spec, paper_orders, run_benchmark, run_order
 from nufilt.grid import FAULT_ENV, Cell, GridError, Workers, run_grid
 
@@ -122,3 +124,16 @@ def test_ctrl_c_stops_the_workers(ray_session, grid):
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert ray.available_resources().get("CPU", 0) == 2  # both workers' CPUs are free again
+
+
+def test_the_cli_writes_the_serial_json_from_two_workers(ray_session, micro_zoo_dir, tmp_path, capsys):
+    argv = ["run", "--preset", "micro", "--tasks", "3", "--cache-dir", str(micro_zoo_dir), "--orders", "1,2",
+            "--methods", "weight_average,nufilt"]
+    assert main([*argv, "--quiet", "--out", str(tmp_path / "serial.json")]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--workers", "2", "--out", str(tmp_path / "grid.json")]) == 0
+    err = capsys.readouterr().err
+    serial, grid = (json.loads((tmp_path / name).read_text()) for name in ("serial.json", "grid.json"))
+    assert _without_timings({k: v for k, v in grid.items() if k != "workers"}) == _without_timings(serial)
+    assert "4/4 cells done" in err
+    assert [line.split(":")[0] for line in err.splitlines() if line.startswith("worker ")] == ["worker 0", "worker 1"]

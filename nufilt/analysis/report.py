@@ -126,8 +126,7 @@ def analyze(
         sweep_rows = sweep_table(points, grid.values)
         document["sweeps"] = {"summary": records(summarize_sweep(sweep_rows)), "runs": records(sweep_rows)}
         if grid.workers:
-            document["workers"] = {"count": len([w for w in grid.workers if "died" not in w]),
-                                   "seconds": grid.seconds, "startup_seconds": grid.startup_seconds, "per_worker": grid.workers}
+            document["workers"] = grid.record()
         timings["sweeps"] = time.perf_counter() - start
     document["timings"] = timings
     report("analysis done", 1.0)

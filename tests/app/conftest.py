@@ -14,6 +14,7 @@ def app(micro_zoo_dir, monkeypatch):
 
     monkeypatch.setenv("NUFILT_ZOO_PRESET", "micro")
     monkeypatch.setenv("NUFILT_CACHE_DIR", str(micro_zoo_dir))
+    monkeypatch.setenv("NUFILT_APP_WORKERS", "0")  # long jobs in the server process; one test turns Ray on
     forget_session_resources()
     at = AppTest.from_file(str(APP), default_timeout=120)
     return at.run()

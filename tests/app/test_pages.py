@@ -235,6 +235,23 @@ def test_ranks_page_computes_points_once_and_reuses_them(app):
     assert max(values(curve["data"][0]["x"])) < 100000  # plotted where it was computed: the layer size
 
 
+@pytest.mark.slow
+def test_ranks_page_computes_its_points_on_two_ray_workers(app, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("NUFILT_APP_WORKERS", "2")
+    open_page(app, "ranks")
+    app.text_input(key="ranks.values.r_p").set_value("0, 4").run()
+    try:
+        app.button(key="ranks.compute").click().run(timeout=300)
+        assert ray.is_initialized()  # the grid ran on Ray, whose session the app keeps for the next job
+    finally:
+        ray.shutdown()
+    assert_clean(app)
+    assert values(chart(app, "NUFILT rank sensitivity: r_p")["data"][0]["x"]) == [0, 4]
+    monkeypatch.setenv("NUFILT_APP_WORKERS", "0")  # the points are cached: adding one computes only it
+    app.text_input(key="ranks.values.r_p").set_value("0, 4, 8").run()
+    assert [b.label for b in app.button if b.key == "ranks.compute"][0].startswith("Compute 1 missing point(s)")
+
 def test_paper_page_compares_the_run_qualitatively_on_the_embedded_zoo(app):
     open_page(app, "merge")
     app.button(key="merge.end").click().run()
