@@ -6,7 +6,8 @@ fine-tuning reuses the pre-trained encoder and heads). One row per variant: buil
 pre-trained and individual accuracy, ACC / BWT of task arithmetic, OPCM, NUFILT and the four
 Table 4 ablations over the paper's orders, NUFILT's recovered share of the pre-trained to
 individual gap, and the Fig. 2 affinity (mean over NUFILT's layers: matched data/vector pairs,
-mismatched pairs).
+mismatched pairs). "(c)": the pre-trained encoder came from the cache (an earlier variant), so the
+build time is that of the later stages only.
 
     python bench/zoo_study.py --cache /tmp/zoo-study --variant default --variant pretrain_steps=1600
     python bench/zoo_study.py --cache /tmp/zoo-study --tasks 8 --orders 1,2 \\
@@ -39,6 +40,7 @@ from nufilt.evaluation import (  # noqa: E402
     reference_summary,
     run_benchmark,
 )
+from nufilt.zoo.build import pretrained_folder  # noqa: E402
 from nufilt.zoo.config import ZooConfig, resolve_config  # noqa: E402
 
 METHODS = ("task_arithmetic", "opcm", "nufilt", "naive", "null_space_only", "no_filter", "lora_only")
@@ -79,9 +81,11 @@ def study_variant(label: str, preset: str, overrides: dict, n_tasks: int, order_
                   cache: Path, workers: int | None) -> dict:
     config = resolve_config(preset, **overrides)
     backbone = make_backbone(preset=config, n_tasks=n_tasks, cache_dir=cache, build_workers=workers)
+    pretrained_cached = pretrained_folder(config, cache).exists()  # shared with an earlier variant
     start = time.perf_counter()
     backbone.prepare()
     build_seconds = time.perf_counter() - start
+    pretrain_seconds = json.loads((pretrained_folder(config, cache) / "pretrained.json").read_text())["seconds"]
     names = [t.name for t in backbone.tasks]
     reference = reference_summary(backbone.reference(), names)
     specs = [method_spec(m, n_tasks, backbone.recommended_options) for m in METHODS]
@@ -99,7 +103,10 @@ def study_variant(label: str, preset: str, overrides: dict, n_tasks: int, order_
         "overrides": overrides,
         "tasks": n_tasks,
         "orders": order_indices,
-        "build_seconds": build_seconds,
+        "build_seconds": build_seconds,  # this run's: without pre-training when it was cached
+        "pretrain_cached": pretrained_cached,
+        "pretrain_seconds": pretrain_seconds,  # when the encoder was pre-trained
+        "load_average": os.getloadavg()[0],
         "merge_seconds": merge_seconds,
         "pretrained": reference["pretrained"],
         "individual": reference["individual"],
@@ -113,12 +120,15 @@ def study_variant(label: str, preset: str, overrides: dict, n_tasks: int, order_
 
 def header() -> str:
     methods = " ".join(f"{SHORT[m]:>13}" for m in METHODS)
-    return f"{'variant':<40} {'build s':>7} {'pre':>5} {'indiv':>5} {methods} {'recov':>5} {'diag/off':>9}"
+    return (f"{'variant':<40} {'build s':>7} {'pre-train s':>11} {'load':>4} {'pre':>5} {'indiv':>5} {methods} "
+            f"{'recov':>5} {'diag/off':>9}")
 
 
 def format_row(row: dict) -> str:
     methods = " ".join(f"{row['acc'][m]:>6.1f}/{row['bwt'][m]:>+6.1f}" for m in METHODS)
-    return (f"{row['variant'][:40]:<40} {row['build_seconds']:>7.0f} {row['pretrained']:>5.1f} "
+    pretrain = f"{row['pretrain_seconds']:.0f}{' (c)' if row['pretrain_cached'] else ''}"
+    return (f"{row['variant'][:40]:<40} {row['build_seconds']:>7.0f} {pretrain:>11} {row['load_average']:>4.1f} "
+            f"{row['pretrained']:>5.1f} "
             f"{row['individual']:>5.1f} {methods} {100 * row['recovered']:>4.0f}% "
             f"{row['affinity_diagonal']:.2f}/{row['affinity_off_diagonal']:.2f}")
 
