@@ -523,6 +523,9 @@ class MultiRun:
         self.specs = {spec.label: spec for spec in specs}
         self.track_losses = track_losses
         self.n_samples = clamp_samples(self.backbone, n_samples)
+        # the angle and spectrum tables of the step geometry: about as costly again as the rest of
+        # it (a rank-r_p basis of τ̄_{t−1} and τ̄t's spectrum per layer), so the Geometry page turns them on
+        self.track_spectra = False
         self._lock = threading.RLock()
         self.pretrained = self.backbone.pretrained_state()
         self.keys = selected_layers(self.pretrained)
@@ -652,7 +655,7 @@ class MultiRun:
         r_p = self.specs[record.spec.label].options.get("r_p", 128) if record.spec.method == "nufilt" else 128
         return step_geometry(record.spec.label, record.step, seen, record.pretrained, record.previous,
                              record.merged, self._task_bases, self.keys, data, GEOMETRY_RANK, GEOMETRY_RANK,
-                             max(int(r_p), 1), solver="auto")
+                             max(int(r_p), 1), solver="auto", spectra=self.track_spectra)
 
     def _note(self, message: str) -> None:
         if message not in self.messages:

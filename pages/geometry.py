@@ -22,6 +22,11 @@ config, backbone, run = ui.require_run()
 
 # ---------------------------------------------------------------- live: the current run, step by step
 st.subheader("Live: where each merge step's update lands")
+# read before the step runs, so the step of the same click already computes the angles and spectra
+run.track_spectra = st.toggle(
+    "Principal angles and spectra per step", value=run.track_spectra, key="geometry.spectra",
+    help="From the next merge step on: principal angles between V(τt) and the top-r_p subspace of τ̄_{t−1}, and "
+         "τ̄t's top singular values. About doubles the geometry part of a step.")
 ui.merge_controls(run, "geometry")
 geometry = run.geometry()
 data = run.geometry_has_data or geometry.empty
@@ -49,11 +54,15 @@ if run.steps_done:
     ui.chart(figures.step_geometry_ecdf(geometry, chosen_step, ecdf_value, chosen_tasks), at_step,
              "step_geometry_ecdf")
     angles, spectra = run.geometry_angles(), run.geometry_spectra()
-    ui.chart(figures.step_angles_figure(angles, chosen_step), angles, "step_angles")
-    st.caption("Principal angles between the new task vector's top-r_v subspace V(τt) and the top-r_p subspace "
-               "of the merged vector before the step: near 90° the new task asks for directions the merge "
-               "does not hold yet.")
-    ui.chart(figures.step_spectra_figure(spectra, chosen_step), spectra, "step_spectra")
+    if spectra.empty:
+        st.caption("Principal angles and spectra: turn them on above; they are computed from the next step on.")
+    else:
+        ui.chart(figures.step_angles_figure(angles, chosen_step), angles, "step_angles")
+        st.caption("Principal angles between the new task vector's top-r_v subspace V(τt) and the top-r_p "
+                   "subspace of the merged vector before the step: near 90° the new task asks for directions the "
+                   "merge does not hold yet. r_p is NUFILT's own, 128 for the other methods (clamped to the layer "
+                   "width: a basis of the whole input space gives 0°).")
+        ui.chart(figures.step_spectra_figure(spectra, chosen_step), spectra, "step_spectra")
     with st.expander("Mean per step (old tasks vs the new one)"):
         st.dataframe(summarize_geometry(geometry), hide_index=True)
 

@@ -80,6 +80,11 @@ def test_two_merge_steps_on_the_geometry_page_add_a_column_and_an_animation_fram
     time.sleep(0.3)
     _wait_idle(browser)
     _healthy(browser)
+    toggles = [t for t in _elements(browser, 'label[data-baseweb="checkbox"]') if "Principal angles" in t.text]
+    assert toggles, "no toggle for the principal angles and spectra"
+    toggles[0].click()  # on before the first step: both steps get angles (from step 2) and spectra
+    time.sleep(0.3)
+    _wait_idle(browser)
     columns = []
     for _ in range(2):
         _click(browser, "Merge next task")
