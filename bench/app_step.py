@@ -3,10 +3,13 @@
 Runs the app's `MultiRun` (the Merge and Geometry pages' run) with the app's default methods on
 the first paper order, one step at a time, and prints per step: the whole step, then per method
 the merge, the evaluation of the seen tasks and the analysis (stability/plasticity losses and the
-live step geometry), and the step geometry alone (timed by wrapping it). Statistics and models are
-loaded before the first timed step, as the app's background preparation does.
+live step geometry), and the step geometry alone (timed by wrapping it); "cpu s" is the step's
+CPU time (the server thread's; on a loaded machine closer to the work than the wall time).
+Statistics and models are loaded before the first timed step, as the app's background
+preparation does. Scoring uses the app's default of 200 test images per task (`--max-eval`).
 
     NUFILT_CACHE_DIR=/work/zoo-cache OMP_NUM_THREADS=1 python bench/app_step.py --threads 1
+    python bench/app_step.py --threads 1 --spectra     # with the Geometry page's angles and spectra on
     python bench/app_step.py --quick     # the micro zoo (3 tasks), built if missing: seconds
 """
 
@@ -31,15 +34,20 @@ def main() -> int:
     parser.add_argument("--methods", default="nufilt,opcm", help="comma-separated (default: the app's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the app)")
     parser.add_argument("--steps", type=int, default=0, help="steps to time (default: the whole order)")
+    parser.add_argument("--max-eval", type=int, default=200,
+                        help="test images per task when scoring (default 200, the app's Setup default; 0 = all)")
+    parser.add_argument("--spectra", action="store_true",
+                        help="also the principal angles and spectra (the Geometry page's toggle)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     preset, n_tasks = ("micro", 3) if args.quick else ("default", 8)
-    backbone = appstate.open_backbone("tiny-vit", n_tasks, preset=preset)
+    backbone = appstate.open_backbone("tiny-vit", n_tasks, preset=preset, max_eval=args.max_eval or None)
     backbone.prepare()
     order = paper_orders([t.name for t in backbone.tasks], [1])[0]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     config = appstate.make_config("tiny-vit", n_tasks, order, methods, {})
     run = appstate.MultiRun(backbone, order, config.specs(backbone))
+    run.track_spectra = args.spectra
     for task in order:  # warm the model and statistics caches (the app's preparation)
         backbone.finetuned_state(task)
         run._statistics(task)
@@ -55,18 +63,22 @@ def main() -> int:
 
     run._geometry = timed
     steps = len(order) if args.steps <= 0 else min(args.steps, len(order))
-    print(f"tiny-vit {preset} zoo, {n_tasks} tasks, methods {', '.join(methods)}, {args.threads} thread(s)")
-    print(f"{'step':>4} {'total s':>8} {'merge s':>8} {'eval s':>8} {'analysis s':>10} {'geometry s':>10}")
-    totals = []
+    print(f"tiny-vit {preset} zoo, {n_tasks} tasks, methods {', '.join(methods)}, {args.threads} thread(s), "
+          f"scoring {args.max_eval or 'all'} test images per task, angles and spectra {'on' if args.spectra else 'off'}")
+    print(f"{'step':>4} {'total s':>8} {'cpu s':>7} {'merge s':>8} {'eval s':>8} {'analysis s':>10} {'geometry s':>10}")
+    totals, cpu = [], []
     for _ in range(steps):
         run.step()
         metrics = run.metrics()
         mine = metrics[metrics["step"] == run.steps_done]
         totals.append(run.last_step_seconds)
-        print(f"{run.steps_done:>4} {run.last_step_seconds:>8.2f} {mine['merge_seconds'].sum():>8.2f} "
+        cpu.append(run.last_step_cpu_seconds)
+        print(f"{run.steps_done:>4} {run.last_step_seconds:>8.2f} {run.last_step_cpu_seconds:>7.2f} "
+              f"{mine['merge_seconds'].sum():>8.2f} "
               f"{mine['eval_seconds'].sum():>8.2f} {mine['analysis_seconds'].sum():>10.2f} "
               f"{geometry_seconds[run.steps_done]:>10.2f}")
-    print(f"mean step {sum(totals) / len(totals):.2f} s, slowest {max(totals):.2f} s")
+    print(f"mean step {sum(totals) / len(totals):.2f} s (cpu {sum(cpu) / len(cpu):.2f} s), "
+          f"slowest {max(totals):.2f} s (cpu {max(cpu):.2f} s)")
     return 0
 
 
