@@ -64,7 +64,8 @@ def main() -> int:
     run._geometry = timed
     steps = len(order) if args.steps <= 0 else min(args.steps, len(order))
     print(f"tiny-vit {preset} zoo, {n_tasks} tasks, methods {', '.join(methods)}, {args.threads} thread(s), "
-          f"scoring {args.max_eval or 'all'} test images per task, angles and spectra {'on' if args.spectra else 'off'}")
+          f"scoring {args.max_eval or 'all'} test images per task, "
+          f"angles and spectra {'on' if args.spectra else 'off'}")
     print(f"{'step':>4} {'total s':>8} {'cpu s':>7} {'merge s':>8} {'eval s':>8} {'analysis s':>10} {'geometry s':>10}")
     totals, cpu = [], []
     for _ in range(steps):

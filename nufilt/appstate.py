@@ -526,6 +526,8 @@ class MultiRun:
         # the angle and spectrum tables of the step geometry: about as costly again as the rest of
         # it (a rank-r_p basis of τ̄_{t−1} and τ̄t's spectrum per layer), so the Geometry page turns them on
         self.track_spectra = False
+        # V(τi) per task and layer for the geometry: fixed by the checkpoints, so kept across `reset()`
+        self._task_bases: dict[str, dict[str, torch.Tensor]] = {}
         self._lock = threading.RLock()
         self.pretrained = self.backbone.pretrained_state()
         self.keys = selected_layers(self.pretrained)
@@ -543,7 +545,6 @@ class MultiRun:
             }
             self._rows: dict[str, list[dict]] = {name: [] for name in _TABLES}
             self._covariance_sums: dict[int, dict[str, torch.Tensor]] = {}
-            self._task_bases: dict[str, dict[str, torch.Tensor]] = {}  # V(τi) per task, for the geometry
             self.messages: list[str] = []
             self.last_step_seconds = self.last_step_cpu_seconds = 0.0
 
