@@ -36,3 +36,18 @@ def test_the_zoo_build_benchmark_builds_the_micro_zoo_and_cleans_up(tmp_path):
     assert any(kept.rglob("model.safetensors"))
     again = _run("bench/zoo_build.py", "--quick", "--keep", str(kept))
     assert again.returncode == 2 and "not empty" in again.stderr  # never builds over an existing cache
+
+
+def test_the_app_step_benchmark_prints_a_row_per_step_whose_parts_fit_in_it(micro_zoo_dir):
+    import os
+
+    env = {**os.environ, "NUFILT_CACHE_DIR": str(micro_zoo_dir), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "bench/app_step.py", "--quick", "--spectra"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if re.match(r"^\s+\d+\s", line)]
+    assert [int(row[0]) for row in rows] == [1, 2, 3]
+    for row in rows:
+        cpu, parts = float(row[2]), [float(v) for v in row[4:7]]  # eval, geometry, losses
+        assert all(value >= 0 for value in parts) and sum(parts) <= cpu + 0.05
+    assert "angles and spectra on" in result.stdout and result.stdout.rstrip().splitlines()[-1].startswith("mean")
