@@ -31,7 +31,7 @@ from .analysis.affinity import affinity_ecdf, vector_bases
 from .analysis.layers import layer_info
 from .analysis.runs import CachedBackbone
 from .analysis.stability import LOSS_COLUMNS, step_losses, summarize_losses
-from .analysis.step_geometry import STEP_GEOMETRY_COLUMNS, step_geometry
+from .analysis.step_geometry import ANGLE_COLUMNS, SPECTRUM_COLUMNS, STEP_GEOMETRY_COLUMNS, step_geometry
 from .backbones import EMBEDDED, get_backbone
 from .backbones.base import Backbone, DelegatingBackbone, StateDict
 from .engine import RunEngine, StepRecord
@@ -490,7 +490,7 @@ class _MethodState:
         return len(self.matrix)
 
 
-_TABLES = ("accuracy", "metrics", "layers", "curves", "losses", "geometry")
+_TABLES = ("accuracy", "metrics", "layers", "curves", "losses", "geometry", "angles", "spectra")
 GEOMETRY_RANK = 8  # r_v = r_d of the live step geometry (the Geometry page's Fig. 2 defaults)
 LAYER_TABLE = ["method", "step", "task", "layer", "block", "kind", "removed_energy", "r_p", "r_l", "r_v"]
 
@@ -523,6 +523,11 @@ class MultiRun:
         self.specs = {spec.label: spec for spec in specs}
         self.track_losses = track_losses
         self.n_samples = clamp_samples(self.backbone, n_samples)
+        # the angle and spectrum tables of the step geometry: about as costly again as the rest of
+        # it (a rank-r_p basis of τ̄_{t−1} and τ̄t's spectrum per layer), so the Geometry page turns them on
+        self.track_spectra = False
+        # V(τi) per task and layer for the geometry: fixed by the checkpoints, so kept across `reset()`
+        self._task_bases: dict[str, dict[str, torch.Tensor]] = {}
         self._lock = threading.RLock()
         self.pretrained = self.backbone.pretrained_state()
         self.keys = selected_layers(self.pretrained)
@@ -540,7 +545,6 @@ class MultiRun:
             }
             self._rows: dict[str, list[dict]] = {name: [] for name in _TABLES}
             self._covariance_sums: dict[int, dict[str, torch.Tensor]] = {}
-            self._task_bases: dict[str, dict[str, torch.Tensor]] = {}  # V(τi) per task, for the geometry
             self.messages: list[str] = []
             self.last_step_seconds = self.last_step_cpu_seconds = 0.0
 
@@ -626,16 +630,18 @@ class MultiRun:
         self._rows["curves"].extend({**tag, "layer": key, "iteration": i, "loss": value}
                                     for key, facts in filtered.items() for i, value in enumerate(facts["loss_curve"]))
         self._rows["losses"].extend({**tag, **loss} for loss in losses)
-        self._rows["geometry"].extend(geometry)
+        self._rows["geometry"].extend(geometry["step_geometry"])
+        self._rows["angles"].extend(geometry["step_angles"])
+        self._rows["spectra"].extend(geometry["step_spectra"])
         state.matrix.append(row)
 
-    def _analyze(self, record: StepRecord) -> tuple[list[dict], list[dict]]:
+    def _analyze(self, record: StepRecord) -> tuple[list[dict], dict[str, list[dict]]]:
         """Stability/plasticity losses and the step geometry rows (inside the engine's atomic step)."""
         losses = self._losses(record.step, record.previous, record.merged, record.task_state)
         return losses, self._geometry(record)
 
-    def _geometry(self, record: StepRecord) -> list[dict]:
-        """`analysis.step_geometry` rows for one step: with the tasks' activation statistics when
+    def _geometry(self, record: StepRecord) -> dict[str, list[dict]]:
+        """`analysis.step_geometry` tables for one step: with the tasks' activation statistics when
         losses are tracked (the same cached statistics), else the data-free column only."""
         seen = list(self.order[: record.step])
         for task in seen:
@@ -650,8 +656,7 @@ class MultiRun:
         r_p = self.specs[record.spec.label].options.get("r_p", 128) if record.spec.method == "nufilt" else 128
         return step_geometry(record.spec.label, record.step, seen, record.pretrained, record.previous,
                              record.merged, self._task_bases, self.keys, data, GEOMETRY_RANK, GEOMETRY_RANK,
-                             max(int(r_p), 1), solver="auto",
-                             spectra=False)["step_geometry"]
+                             max(int(r_p), 1), solver="auto", spectra=self.track_spectra)
 
     def _note(self, message: str) -> None:
         if message not in self.messages:
@@ -720,6 +725,15 @@ class MultiRun:
         """Per-step geometry per method, step, seen task and layer (`STEP_GEOMETRY_COLUMNS`); the two
         data affinities are NaN without data (then only `update_vector_affinity` is meaningful)."""
         return pd.DataFrame(self._rows["geometry"], columns=list(STEP_GEOMETRY_COLUMNS))
+
+    def geometry_angles(self) -> pd.DataFrame:
+        """Principal angles between V(τt) and the top-r_p subspace of τ̄_{t−1} per method, step (≥ 2),
+        layer and index (`analysis.step_geometry.ANGLE_COLUMNS`)."""
+        return pd.DataFrame(self._rows["angles"], columns=list(ANGLE_COLUMNS))
+
+    def geometry_spectra(self) -> pd.DataFrame:
+        """Top singular values of τ̄t per method, step, layer and index (`SPECTRUM_COLUMNS`)."""
+        return pd.DataFrame(self._rows["spectra"], columns=list(SPECTRUM_COLUMNS))
 
     @property
     def geometry_has_data(self) -> bool:

@@ -312,12 +312,13 @@ def _print_paper_reference(backbone, n_tasks: int, result: dict) -> None:
 
 def _save_first_run(backbone, spec, run: dict, out: Path) -> None:
     """Merge the first method along the first order again (merging is cheap next to scoring)."""
+    from .engine import RunEngine, score_none
     from .export import save_merged
-    from .merge import make_merger
 
-    merger = make_merger(spec.method, backbone.pretrained_state(), **spec.options)
-    for task in run["order"]:
-        merged = merger.add(backbone.finetuned_state(task))
+    engine = RunEngine(backbone, spec, run["order"], score=score_none)
+    for _ in engine:
+        pass
+    merged = engine.merged
     scores = dict(zip(run["order"], run["accuracy_matrix"][-1], strict=True))
     card = {"method": spec.label, "options": spec.options, "order": run["order"], "scores": scores}
     save_merged(backbone, merged, out, {**card, "acc": run["acc"], "bwt": run["bwt"]})

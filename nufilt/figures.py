@@ -435,9 +435,30 @@ def step_matrices(geometry: pd.DataFrame, value: str, order: Sequence[str]) -> d
     return out
 
 
-def step_geometry_heatmaps(geometry: pd.DataFrame, value: str, order: Sequence[str]) -> go.Figure:
+def _play_controls(steps: Sequence[int]) -> dict:
+    """A Plotly slider over `steps` (frames named by step) and a play/pause button that animates them."""
+    still = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}}
+    slider = {
+        "active": len(steps) - 1, "currentvalue": {"prefix": "up to step "}, "pad": {"t": 75}, "x": 0.2,
+        "len": 0.8, "steps": [{"label": str(s), "method": "animate", "args": [[str(s)], still]} for s in steps],
+    }
+    play = {"frame": {"duration": 800, "redraw": True}, "transition": {"duration": 0}, "fromcurrent": False}
+    buttons = {
+        "type": "buttons", "direction": "left", "showactive": False, "x": 0.0, "xanchor": "left", "y": 0,
+        "yanchor": "top", "pad": {"t": 100, "r": 10},
+        "buttons": [{"label": "▶ Play", "method": "animate", "args": [None, play]},
+                    {"label": "❚❚ Pause", "method": "animate", "args": [[None], still]}],
+    }
+    return {"sliders": [slider], "updatemenus": [buttons]}
+
+
+def step_geometry_heatmaps(geometry: pd.DataFrame, value: str, order: Sequence[str], animate: bool = True) -> go.Figure:
     """Seen task x step heatmaps of one per-step geometry value, one per method, on one colour scale
-    (0..1): a new column per merge step. Low cells above the diagonal's row = transparency."""
+    (0..1): a new column per merge step. Low cells above the diagonal's row = transparency.
+
+    With `animate` and two steps or more, the figure also has one frame per step (frame "k" shows
+    steps 1..k, later columns blank), a step slider and a play button; the figure as drawn shows
+    every step."""
     title = STEP_VALUES.get(value, value) + ", mean over layers"
     matrices = step_matrices(geometry, value, order)
     if not matrices:
@@ -459,16 +480,32 @@ def step_geometry_heatmaps(geometry: pd.DataFrame, value: str, order: Sequence[s
         fig.update_xaxes(title_text="merge step", row=1, col=col)
     fig.update_yaxes(title_text="seen task", autorange="reversed", row=1, col=1)
     fig.update_layout(title=title, height=300 + 22 * len(order))
+    steps = sorted({int(s) for matrix in matrices.values() for s in matrix.columns})
+    if animate and len(steps) > 1:
+        frames = []
+        for step in steps:
+            data = []
+            for matrix in matrices.values():
+                upto = matrix.to_numpy(dtype=float, copy=True)  # later steps blanked
+                upto[:, np.asarray(matrix.columns) > step] = np.nan
+                data.append(go.Heatmap(z=upto, text=_labels(upto, "{:.2f}")))
+            frames.append(go.Frame(data=data, traces=list(range(len(names))), name=str(step)))
+        fig.frames = frames
+        fig.update_layout(**_play_controls(steps), height=420 + 22 * len(order), margin={"b": 150})
     return fig
 
 
-def step_geometry_ecdf(geometry: pd.DataFrame, step: int, value: str = "update_affinity") -> go.Figure:
-    """ECDF over layers of `value` at one step, one line per (method, seen task): old tasks vs the new one."""
+def step_geometry_ecdf(geometry: pd.DataFrame, step: int, value: str = "update_affinity",
+                       tasks: Sequence[str] | None = None) -> go.Figure:
+    """ECDF over layers of `value` at one step, one line per (method, seen task): old tasks vs the new
+    one; `tasks` keeps only those seen tasks (None: all)."""
     title = f"{STEP_VALUES.get(value, value)} over layers at step {step}"
     _require(geometry, ["method", "step", "task", "new_task", value], "step geometry")
     part = geometry[(geometry["step"] == step) & geometry[value].notna()]
+    if tasks is not None:
+        part = part[part["task"].isin(list(tasks))]
     if part.empty:
-        return _empty(title, "no geometry for this step")
+        return _empty(title, "no geometry for this step" if tasks is None or len(tasks) else "choose a task")
     fig = go.Figure()
     for (method, task), rows in part.groupby(["method", "task"], sort=False):
         values = np.sort(rows[value].to_numpy(dtype=float))
@@ -477,12 +514,64 @@ def step_geometry_ecdf(geometry: pd.DataFrame, step: int, value: str = "update_a
             x=values, y=np.arange(1, len(values) + 1) / len(values), mode="lines", line_shape="hv",
             name=f"{method}: {task}{' (new)' if new else ''}", line={"color": method_color(method),
                                                                       "dash": "solid" if new else "dot"},
+            hovertemplate=f"{method}<br>task {task}<br>affinity %{{x:.3f}}<br>ECDF %{{y:.2f}}<extra></extra>",
         ))
     fig.add_vline(x=float(part["baseline"].mean()), line_dash="dash", line_color="grey",
                   annotation_text="random baseline")
     fig.update_layout(title=title, xaxis_title="affinity", yaxis_title="share of layers", xaxis_range=[0, 1],
                       height=380)
     return fig
+
+
+def _per_step_panels(table: pd.DataFrame, column: str, step: int, title: str, left: str, right: str,
+                     y_title: str, empty: str, log: bool = False) -> go.Figure:
+    """Left: `column` by index at `step` (mean over layers, bars: min..max); right: its mean per step."""
+    _require(table, ["method", "step", "layer", "index", column], title)
+    if table.empty:
+        return _empty(title, empty)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[left, right], horizontal_spacing=0.1)
+    for method in _methods(table):
+        mine = table[table["method"] == method]
+        at = mine[mine["step"] == step].groupby("index")[column].agg(["mean", "min", "max"])
+        color = method_color(method)
+        if len(at):
+            fig.add_trace(go.Scatter(
+                x=list(at.index), y=at["mean"], mode="lines+markers", name=method, legendgroup=method,
+                line={"color": color},
+                error_y={"type": "data", "symmetric": False, "array": (at["max"] - at["mean"]).to_numpy(),
+                         "arrayminus": (at["mean"] - at["min"]).to_numpy(), "thickness": 1},
+                hovertemplate=f"{method}<br>step {step}, index %{{x}}<br>mean over layers %{{y:.4g}}<extra></extra>",
+            ), row=1, col=1)
+        per_step = mine.groupby("step")[column].mean()
+        fig.add_trace(go.Scatter(
+            x=list(per_step.index), y=per_step.to_numpy(), mode="lines+markers", name=method, legendgroup=method,
+            showlegend=not len(at), line={"color": color, "dash": "dot"},
+            hovertemplate=f"{method}<br>step %{{x}}<br>mean %{{y:.4g}}<extra></extra>",
+        ), row=1, col=2)
+    fig.add_vline(x=step, line_dash="dot", line_color="grey", row=1, col=2)
+    fig.update_xaxes(title_text="index", dtick=1, row=1, col=1)
+    fig.update_xaxes(title_text="step t", dtick=1, row=1, col=2)
+    fig.update_yaxes(title_text=y_title, type="log" if log else "linear")
+    fig.update_layout(title=title, height=360, legend_title_text="method")
+    return fig
+
+
+def step_angles_figure(angles: pd.DataFrame, step: int) -> go.Figure:
+    """Principal angles between the new task vector's top-r_v subspace V(τt) and the top-r_p
+    subspace of τ̄_{t−1} (`step_geometry` ANGLE_COLUMNS): at `step` by index, and their mean per
+    step. 90° = the new task's directions lie outside what the merge already holds."""
+    return _per_step_panels(angles, "angle_degrees", step, "Principal angles: V(τt) vs top-r_p of τ̄_{t−1}",
+                            f"at step {step} (mean over layers, bars min..max)", "mean over angles and layers",
+                            "degrees", "principal angles start at step 2 (step 1 has no earlier merge)")
+
+
+def step_spectra_figure(spectra: pd.DataFrame, step: int) -> go.Figure:
+    """Top singular values of the merged task vector τ̄t (`step_geometry` SPECTRUM_COLUMNS): at
+    `step` by index, and their mean per step."""
+    return _per_step_panels(spectra, "value", step, "Spectrum of the merged task vector τ̄t",
+                            f"top singular values at step {step} (mean over layers, bars min..max)",
+                            "mean of the top singular values", "σ_j(τ̄t)", "merge a task to see its spectrum",
+                            log=True)
 
 
 def update_affinity_lines(summary: pd.DataFrame, data: bool = True) -> go.Figure:

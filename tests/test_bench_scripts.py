@@ -59,3 +59,18 @@ def test_the_zoo_study_prints_and_records_one_row_per_variant(tmp_path):
     assert rows[0]["individual"] != rows[1]["individual"]
     bad = _run("bench/zoo_study.py", "--quick", "--cache", str(tmp_path / "cache"), "--variant", "widht=3")
     assert bad.returncode == 2 and "widht" in bad.stderr
+
+
+def test_the_app_step_benchmark_prints_a_row_per_step_whose_parts_fit_in_it(micro_zoo_dir):
+    import os
+
+    env = {**os.environ, "NUFILT_CACHE_DIR": str(micro_zoo_dir), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "bench/app_step.py", "--quick", "--spectra"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if re.match(r"^\s+\d+\s", line)]
+    assert [int(row[0]) for row in rows] == [1, 2, 3]
+    for row in rows:
+        cpu, parts = float(row[2]), [float(v) for v in row[4:7]]  # eval, geometry, losses
+        assert all(value >= 0 for value in parts) and sum(parts) <= cpu + 0.05
+    assert "angles and spectra on" in result.stdout and result.stdout.rstrip().splitlines()[-1].startswith("mean")

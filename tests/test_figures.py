@@ -195,3 +195,54 @@ def test_update_affinity_lines_show_old_and_new_or_the_data_free_view():
     free = figures.update_affinity_lines(summarize_geometry(step_geometry_table(data=False)), data=False)
     assert len(free.data) == 2 and "data-free" in free.layout.title.text
     assert all(not any(math.isnan(v) for v in trace.y) for trace in free.data)
+
+
+def test_step_heatmaps_animate_the_steps_with_a_slider_and_a_play_button():
+    fig = figures.step_geometry_heatmaps(step_geometry_table(steps=3), "update_affinity", ["a", "b", "c"])
+    assert [frame.name for frame in fig.frames] == ["1", "2", "3"]
+    for step, frame in enumerate(fig.frames, start=1):
+        assert list(frame.traces) == [0, 1]  # both methods' heatmaps move together
+        z = np.asarray(frame.data[0].z, dtype=float)
+        assert np.isnan(z[:, step:]).all()  # later steps blank
+        assert np.array_equal(z[:, :step], np.asarray(fig.data[0].z, dtype=float)[:, :step], equal_nan=True)
+    slider = fig.layout.sliders[0]
+    assert [s.label for s in slider.steps] == ["1", "2", "3"] and slider.active == 2
+    assert all(s.method == "animate" and list(s.args[0]) == [s.label] for s in slider.steps)
+    assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["▶ Play", "❚❚ Pause"]
+    assert fig.layout.updatemenus[0].buttons[0].args[0] is None  # play: every frame in order
+    assert not np.isnan(np.asarray(fig.data[0].z, dtype=float)[0]).any()  # as drawn: every step
+    single = figures.step_geometry_heatmaps(step_geometry_table(steps=1), "update_affinity", ["a", "b", "c"])
+    assert not single.frames and not single.layout.sliders  # nothing to animate
+    still = figures.step_geometry_heatmaps(step_geometry_table(steps=3), "update_affinity", ORDER, animate=False)
+    assert not still.frames
+
+
+def test_step_ecdf_keeps_only_the_chosen_tasks():
+    fig = figures.step_geometry_ecdf(step_geometry_table(), 2, tasks=["b"])
+    assert sorted(trace.name for trace in fig.data) == ["nufilt: b (new)", "task_arithmetic: b (new)"]
+    none = figures.step_geometry_ecdf(step_geometry_table(), 2, tasks=[])
+    assert not none.data and "choose a task" in none.layout.annotations[0].text
+
+
+def step_table(column: str) -> pd.DataFrame:
+    """Steps 2-3, two layers, three indices; value = 10 step + index + layer / 10."""
+    return pd.DataFrame([{"method": method, "step": step, "new_task": ORDER[step - 1], "layer": f"l{layer}",
+                          "index": j, column: 10 * step + j + layer / 10}
+                         for method in ("nufilt", "opcm") for step in (2, 3) for layer in range(2)
+                         for j in range(1, 4)])
+
+
+@pytest.mark.parametrize("builder, column", [(figures.step_angles_figure, "angle_degrees"),
+                                             (figures.step_spectra_figure, "value")])
+def test_angle_and_spectrum_panels_show_the_chosen_step_and_the_mean_per_step(builder, column):
+    fig = builder(step_table(column), 3)
+    at_step = [t for t in fig.data if t.xaxis == "x"]
+    per_step = [t for t in fig.data if t.xaxis == "x2"]
+    assert len(at_step) == len(per_step) == 2  # one line per method in each panel
+    assert list(at_step[0].x) == [1, 2, 3] and list(at_step[0].y) == pytest.approx([31.05, 32.05, 33.05])
+    assert list(at_step[0].error_y.array) == pytest.approx([0.05] * 3)  # up to the max over layers
+    assert list(per_step[0].x) == [2, 3] and list(per_step[0].y) == pytest.approx([22.05, 32.05])
+    before = builder(step_table(column), 1)  # no angles at step 1: only the per-step panel
+    assert all(t.xaxis == "x2" for t in before.data)
+    empty = builder(step_table(column).iloc[:0], 1)
+    assert not empty.data and empty.layout.title.text and empty.layout.annotations[0].text

@@ -81,7 +81,9 @@ def step_geometry(
         raise ValueError(f"no task-vector basis for {', '.join(missing)}")
     shapes = {key: pretrained[key].shape for key in keys}
     update = _bases(keys, shapes, lambda k: vector(merged, previous, k), r_v, solver)          # V(Δt)
-    merged_basis = _bases(keys, shapes, lambda k: vector(merged, pretrained, k), r_v, solver)  # V(τ̄t)
+    # at step 1 (θ̄0 = θ0) Δ1 = τ̄1: the same matrices, so the same basis (computed once)
+    merged_basis = update if previous is pretrained else _bases(
+        keys, shapes, lambda k: vector(merged, pretrained, k), r_v, solver)                   # V(τ̄t)
     old_basis = (_bases(keys, shapes, lambda k: vector(previous, pretrained, k), r_p, solver)
                  if step > 1 and spectra else {})
     base = {"method": method, "step": step, "new_task": new_task}

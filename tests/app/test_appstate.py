@@ -220,6 +220,30 @@ def test_multirun_records_the_step_geometry_with_data_or_data_free(backbone, tra
     assert run.geometry().empty
 
 
+def test_angles_and_spectra_are_recorded_once_turned_on_and_a_reset_run_repeats_the_geometry(backbone,
+                                                                                           monkeypatch):
+    order = [t.name for t in backbone.tasks]
+    config = appstate.make_config("tiny-vit", 3, order, ("nufilt", "opcm"), {})
+    run = appstate.MultiRun(backbone, order, config.specs(backbone))
+    run.step()
+    assert run.geometry_angles().empty and run.geometry_spectra().empty  # off by default
+    run.track_spectra = True
+    run.step()
+    angles, spectra = run.geometry_angles(), run.geometry_spectra()
+    assert set(angles["step"]) == set(spectra["step"]) == {2} and set(angles["method"]) == {"nufilt", "opcm"}
+    assert angles["angle_degrees"].between(0, 90 + 1e-9).all() and (spectra["value"] >= 0).all()
+    first = run.geometry()
+    calls = []
+    original = appstate.vector_bases
+    monkeypatch.setattr(appstate, "vector_bases", lambda *a, **k: calls.append(a) or original(*a, **k))
+    run.reset()  # the task-vector bases depend on the checkpoints only: kept, not recomputed
+    run.track_spectra = False
+    run.step()
+    run.step()
+    assert not calls
+    pd.testing.assert_frame_equal(run.geometry(), first)  # the same numbers, bit for bit
+
+
 def test_clamped_ranks_are_reported_once(backbone):
     run = make_run(backbone, methods=("nufilt",), nufilt={"r_p": 10_000})
     run.run_to_end()

@@ -181,7 +181,10 @@ def test_a_merge_step_adds_a_column_to_the_live_geometry_heatmap(app):
     assert_clean(app)
     assert not chart(app, "update affinity")["data"]  # nothing merged yet: an empty figure
     columns = []
-    for _ in range(2):
+    for step in (1, 2):
+        if step == 2:  # angles and spectra are off by default (they cost a step time); on from step 2
+            assert any("turn them on" in c.value for c in app.caption)
+            app.toggle(key="geometry.spectra").set_value(True).run()
         app.button(key="geometry.step").click().run()
         assert_clean(app)
         spec = chart(app, "update affinity")
@@ -191,8 +194,23 @@ def test_a_merge_step_adds_a_column_to_the_live_geometry_heatmap(app):
         cells = [c for c in values(spec["data"][0]["z"]) if c is not None and c == c]
         assert cells and all(0 <= c <= 1 for c in cells)
     assert columns == [["step 1"], ["step 1", "step 2"]]
+    assert [frame["name"] for frame in spec["frames"]] == ["1", "2"]  # ▶ Play animates the two steps
+    assert [s["label"] for s in spec["layout"]["sliders"][0]["steps"]] == ["1", "2"]
     assert chart(app, "merged affinity")["data"]
-    assert chart(app, "update affinity A(V_d(i), V(Δt)) over layers at step 2")["data"]  # the ECDF of the step
+    ecdf = chart(app, "update affinity A(V_d(i), V(Δt)) over layers at step 2")  # the ECDF of the step
+    assert len(ecdf["data"]) == 2 * 2  # two methods x two seen tasks
+    first = app.session_state["geometry.tasks.2"][0]
+    app.multiselect(key="geometry.tasks.2").set_value([first]).run()  # the task chooser
+    assert_clean(app)
+    ecdf = chart(app, "update affinity A(V_d(i), V(Δt)) over layers at step 2")
+    assert len(ecdf["data"]) == 2 and all(first in trace["name"] for trace in ecdf["data"])
+    app.select_slider(key="geometry.step.2").set_value(1).run()  # the step slider
+    assert_clean(app)
+    assert chart(app, "update affinity A(V_d(i), V(Δt)) over layers at step 1")["data"]
+    angles = chart(app, "Principal angles")  # angles exist from step 2 on: the per-step panel has them
+    assert any(values(trace["y"]) for trace in angles["data"])
+    spectra = chart(app, "Spectrum of the merged task vector")
+    assert [values(trace["x"]) for trace in spectra["data"] if trace["xaxis"] == "x2"] == [[2], [2]]
     open_page(app, "merge")  # the same run: the compact panel shows both steps
     lines = chart(app, "Where each update lands")
     assert {len(values(trace["x"])) for trace in lines["data"]} == {2}

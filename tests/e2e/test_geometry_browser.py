@@ -1,0 +1,102 @@
+"""The live Geometry page in a real browser: two merge steps give the heatmaps a second column and
+an animation over both steps (the server and Chromium come from `conftest.py`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "e2e"
+
+pytestmark = pytest.mark.e2e
+
+# every Plotly figure on the page with its title, heatmap x values and frame names, read from
+# Plotly's own objects (the figure as the browser drew it, not the HTML around it)
+FIGURES = """
+return Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')).map(plot => ({
+  title: (plot.layout && plot.layout.title && plot.layout.title.text) || '',
+  heatmap_x: (plot.data || []).filter(t => t.type === 'heatmap').map(t => Array.from(t.x || [])),
+  frames: ((plot._transitionData && plot._transitionData._frames) || []).map(f => f.name),
+  buttons: Array.from(plot.querySelectorAll('.updatemenu-button')).map(b => b.textContent.trim()),
+}));
+"""
+
+
+def _elements(driver, selector: str):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def _wait_idle(driver, timeout: float = 120.0) -> None:
+    """Until the app's script run is over and stays over for a moment."""
+    start, quiet_since, state = time.perf_counter(), None, None
+    while time.perf_counter() - start < timeout:
+        apps = _elements(driver, '[data-testid="stApp"]')
+        state = apps[0].get_attribute("data-test-script-state") if apps else None
+        if state == "notRunning":
+            quiet_since = quiet_since or time.perf_counter()
+            if time.perf_counter() - quiet_since > 0.6:
+                return
+        else:
+            quiet_since = None
+        time.sleep(0.1)
+    raise AssertionError(f"the app did not finish running within {timeout} s (state {state!r})")
+
+
+def _click(driver, text: str) -> None:
+    buttons = [b for b in _elements(driver, "button") if b.text.strip() == text and b.is_enabled()]
+    assert buttons, f"no enabled button {text!r}"
+    buttons[0].click()
+    time.sleep(0.3)
+    _wait_idle(driver)
+
+
+def _healthy(driver) -> None:
+    shown = _elements(driver, '[data-testid="stException"]') + _elements(driver, '[data-testid="stAlertContentError"]')
+    assert not shown, shown[0].text[:500]
+
+
+def _live_heatmaps(driver, timeout: float = 30.0) -> list[dict]:
+    """The per-step heatmap figures (titles "update affinity ..." / "merged affinity ...")."""
+    start = time.perf_counter()
+    found: list[dict] = []
+    while time.perf_counter() - start < timeout:
+        found = [f for f in driver.execute_script(FIGURES) or [] if "mean over layers" in f["title"]]
+        if found and all(f["heatmap_x"] for f in found):
+            return found
+        time.sleep(0.2)
+    return found
+
+
+def test_two_merge_steps_on_the_geometry_page_add_a_column_and_an_animation_frame(browser, app_url):
+    browser.get(app_url)  # a new browser session: its own run at step 0
+    _wait_idle(browser)
+    links = [a for a in _elements(browser, '[data-testid="stSidebarNavLink"]') if a.text.strip().endswith("Geometry")]
+    assert links, "no Geometry link in the sidebar"
+    links[0].click()
+    time.sleep(0.3)
+    _wait_idle(browser)
+    _healthy(browser)
+    toggles = [t for t in _elements(browser, 'label[data-baseweb="checkbox"]') if "Principal angles" in t.text]
+    assert toggles, "no toggle for the principal angles and spectra"
+    toggles[0].click()  # on before the first step: both steps get angles (from step 2) and spectra
+    time.sleep(0.3)
+    _wait_idle(browser)
+    columns = []
+    for _ in range(2):
+        _click(browser, "Merge next task")
+        _healthy(browser)
+        heatmaps = _live_heatmaps(browser)
+        assert len(heatmaps) == 2, [f["title"] for f in heatmaps]  # update and merged affinity
+        columns.append(heatmaps[0]["heatmap_x"])
+    assert columns[0] == [["step 1"], ["step 1"]]  # one heatmap per method (nufilt, opcm)
+    assert columns[1] == [["step 1", "step 2"], ["step 1", "step 2"]]
+    assert all(f["frames"] == ["1", "2"] for f in heatmaps)  # one animation frame per step
+    assert any("Play" in label for label in heatmaps[0]["buttons"]), heatmaps[0]["buttons"]
+    titles = [f["title"] for f in browser.execute_script(FIGURES)]
+    assert any("Principal angles" in title for title in titles) and any("Spectrum" in title for title in titles)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(OUTPUT / "geometry_after_two_steps.png"))
