@@ -21,11 +21,13 @@ SaveFn = Callable[["MultiRun", int], None]  # (run, target step) after every com
 
 
 class RunJob:
-    """Steps `run` up to a target in a daemon thread; `save(run, target)` after each step."""
+    """Steps `run` up to a target in a daemon thread; `save(run, target)` after each step and
+    `forget()` after a reset (the saved file goes with it)."""
 
-    def __init__(self, run: MultiRun, save: SaveFn | None = None) -> None:
+    def __init__(self, run: MultiRun, save: SaveFn | None = None, forget: Callable[[], None] | None = None) -> None:
         self.run = run
         self.save = save
+        self.forget = forget
         self.target = run.steps_done
         self.message = ""
         self.fraction = 0.0
@@ -79,6 +81,8 @@ class RunJob:
             if self.running:
                 return "A step is running: press Stop, wait for it to end, then Reset."
             self.run.reset()
+            if self.forget is not None:
+                self.forget()
             self.target, self.error, self.stopped_at, self.interrupted_at = 0, None, None, None
             self.message, self.fraction = "", 0.0
             return None
@@ -106,11 +110,16 @@ class RunJob:
 
             try:
                 self.run.step(progress)
-                if self.save is not None:
-                    self.save(self.run, self.target)
             except Exception as error:  # shown by the page; the run keeps its last committed step
                 self.error = f"{type(error).__name__}: {error}"
                 break
+            if self.save is not None:
+                try:
+                    self.save(self.run, self.target)
+                except OSError as error:  # the run goes on in memory; a reload would lose this step
+                    self.error = f"could not save step {self.run.steps_done}: {error}"
         seconds = time.perf_counter() - start
-        self.message = f"{self.run.steps_done - start_step} step(s) in {seconds:.1f} s (step {self.run.steps_done}/{total})"
+        count = self.run.steps_done - start_step
+        steps = f"{count} step{'s' if count != 1 else ''}"
+        self.message = f"{steps} in {seconds:.1f} s (step {self.run.steps_done}/{total})"
         self.fraction = 1.0
