@@ -8,6 +8,7 @@ link's query parameters (the Setup choices). Imports only Streamlit (no torch).
 """
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
@@ -15,6 +16,7 @@ import streamlit as st
 APP_KEY = "_nufilt_entered_through_app"
 PENDING_KEY = "_nufilt_deep_link"  # (page path relative to app.py, the link's query parameters)
 PARAMS_KEY = "_nufilt_deep_link_params"
+FOLLOW_KEY = "_nufilt_follow"  # what a page leaves to run after it has drawn everything
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,3 +48,17 @@ def open_pending_page() -> None:
 def pending_params() -> dict | None:
     """A deep link's query parameters, once (then the URL holds them again)."""
     return st.session_state.pop(PARAMS_KEY, None)
+
+
+def after_page(follow: Callable[[], None]) -> None:
+    """A page asks `app.py` to call `follow()` once the page is drawn (e.g. to wait for a step)."""
+    st.session_state[FOLLOW_KEY] = follow
+
+
+def run_page(page) -> None:
+    """Called by `app.py`: run the page, then what it left to follow (nothing left from an older run)."""
+    st.session_state.pop(FOLLOW_KEY, None)
+    page.run()
+    follow = st.session_state.pop(FOLLOW_KEY, None)
+    if follow is not None:
+        follow()

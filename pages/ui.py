@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from typing import Any
 
 import pandas as pd
@@ -339,11 +340,28 @@ def _reset(job: RunJob, prefix: str) -> None:
     st.session_state[f"{prefix}.refusal"] = job.reset()
 
 
+def _progress_text(job: RunJob) -> str:
+    return f"Merging: {job.message} (it goes on if you leave this page)"
+
+
+def follow(job: RunJob, shown: int, bar) -> None:
+    """After the page is drawn: keep the progress bar fresh while the job runs, and rerun the page
+    (every chart) when a step is done. Each update lets Streamlit take a pending click (Stop, a page
+    link), at the latest when the next method of the step starts."""
+    drawn = (job.fraction, job.message)
+    while job.running and job.steps_done == shown:
+        time.sleep(0.2)
+        if (job.fraction, job.message) != drawn:  # (redrawn only on change: the browser stays responsive)
+            drawn = (job.fraction, job.message)
+            bar.progress(job.fraction, text=_progress_text(job))
+    st.rerun()
+
+
 def merge_controls(run: appstate.MultiRun, prefix: str) -> None:
     """'Merge next task' / 'Run to the end' / 'Stop' / 'Reset' over the run's background job.
 
-    A click starts work in the job and returns; while it runs the buttons are off and a fragment
-    polls the job, rerunning the whole page after every step (every chart redrawn). A click
+    A click starts work in the job and returns; while it runs the buttons are off and, once the
+    page is drawn, `follow` waits for the step and reruns the whole page (every chart redrawn). A click
     carries the step the page showed, so a stale click (double click) is refused with a reason.
     """
     job = _JOBS[id(run)]
@@ -376,11 +394,8 @@ def merge_controls(run: appstate.MultiRun, prefix: str) -> None:
         st.info(f"This run was heading for step {job.target} when the server stopped; it stopped at step "
                 f"{job.interrupted_at}. 'Run to the end' goes on from there.")
     if busy:
-        def poll() -> None:
-            if not job.running or run.steps_done != done:
-                st.rerun()  # the whole page: every chart shows the new step
-            st.progress(job.fraction, text=f"Merging: {job.message} (it goes on if you leave this page)")
-
-        st.fragment(poll, run_every=0.5)()
+        bar = st.empty()
+        bar.progress(job.fraction, text=_progress_text(job))
+        nav.after_page(lambda: follow(job, done, bar))
     for message in run.messages:
         st.warning(message)
