@@ -866,6 +866,12 @@ def layer_widths(backbone: Backbone) -> tuple[int, int]:
     return min(widths), max(widths)
 
 
+def rank_limit(backbone: Backbone) -> int:
+    """The largest subspace rank every one of NUFILT's layers has: min(d_out, d_in) over them."""
+    state = backbone.pretrained_state()
+    return min(min(state[key].shape[:2]) for key in selected_layers(state))
+
+
 # ---------------------------------------------------------------- paper comparison
 
 # Claims of the paper's Table 1 that a run on any backbone can be checked against.

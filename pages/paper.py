@@ -56,8 +56,7 @@ if config.n_tasks in (8, 14, 20):
                 bar.progress(i / len(missing), text=f"{spec.label}, order {orders.index(list(order)) + 1}")
                 order_run(key, spec.label, order, spec, backbone)
                 done.append(key)
-            bar.empty()
-            missing = []
+            st.rerun()  # redraw without the (now stale) button
         if not missing:
             runs = [Run(**order_run(key, spec.label, order, spec, backbone)) for key, spec, order in jobs]
             summary = summarize(runs)

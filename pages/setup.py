@@ -48,7 +48,7 @@ except ValueError as error:
 backbone, job = ui.current_backbone()
 if backbone is None:
     st.stop()
-ready = ui.prepare_panel(job, autostart=choice.spec == EMBEDDED)
+ready = ui.prepare_panel(job, autostart=ui.autostart(choice.spec))
 tasks = [task.name for task in backbone.tasks]
 if ready:
     note = f" (built/checked in {job.seconds:.0f} s)" if job.seconds else ""

@@ -24,6 +24,7 @@ from nufilt import appstate, appurl, runstore
 from nufilt.backbones import EMBEDDED
 from nufilt.roots import allowed_roots, check_allowed
 from nufilt.runjob import RunJob
+from nufilt.zoo.config import ENV_PRESET
 from pages import nav
 
 torch.set_num_threads(appstate.app_threads())  # once per process, when the first page imports this module
@@ -229,7 +230,11 @@ def prepare_panel(job: appstate.PrepareJob, autostart: bool) -> bool:
             st.rerun()
         return False
     if job.state == "idle":
-        if st.button("Load the models", key="prepare.start", type="primary"):
+        if job.backbone.name == EMBEDDED:
+            st.info("The models of this zoo are not built yet: building the default zoo takes a few minutes on "
+                    "2 cores. **Quick demo** (Setup) builds a small zoo in about a minute.")
+        if st.button("Build the models" if job.backbone.name == EMBEDDED else "Load the models",
+                     key="prepare.start", type="primary"):
             job.start()
             st.rerun()
         return False
@@ -246,6 +251,13 @@ def prepare_panel(job: appstate.PrepareJob, autostart: bool) -> bool:
 
     st.fragment(poll, run_every=1.0)()
     return False
+
+
+def autostart(spec: str) -> bool:
+    """Build the embedded zoo without a click when its preset was chosen (Quick demo, or the server's
+    `$NUFILT_ZOO_PRESET`); the default zoo takes minutes, so a first visit waits for a click and a
+    Quick demo never queues behind it."""
+    return spec == EMBEDDED and (bool(setting("quick")) or bool(os.environ.get(ENV_PRESET, "").strip()))
 
 
 def config_from_settings(backbone) -> appstate.RunConfig:
@@ -303,7 +315,7 @@ def require_run() -> tuple[appstate.RunConfig, Any, appstate.MultiRun]:
     if backbone is None:
         st.page_link("pages/setup.py", label="Go to Setup", icon=":material/tune:")
         st.stop()
-    if not prepare_panel(job, autostart=backbone.name == EMBEDDED):
+    if not prepare_panel(job, autostart=autostart(backbone.name)):
         st.page_link("pages/setup.py", label="Setup", icon=":material/tune:")
         st.stop()
     try:
@@ -321,6 +333,13 @@ def require_run() -> tuple[appstate.RunConfig, Any, appstate.MultiRun]:
         st.sidebar.caption(f"Merging in the background: step {run_job.steps_done + 1} of {len(config.order)} "
                            f"(to step {run_job.target}).")
     return config, backbone, run_job.run
+
+
+def table(frame: pd.DataFrame, number_format: str = "%.2f", **kwargs: Any) -> None:
+    """`st.dataframe` with every float column in `number_format` (78.33, not 78.3333)."""
+    formats = {column: st.column_config.NumberColumn(format=number_format)
+               for column in frame.columns if pd.api.types.is_float_dtype(frame[column])}
+    st.dataframe(frame, hide_index=True, column_config=formats, **kwargs)
 
 
 def chart(fig: go.Figure, table: pd.DataFrame, name: str) -> None:

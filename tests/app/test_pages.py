@@ -171,9 +171,9 @@ def test_geometry_page_draws_affinity_heatmaps_and_ecdfs(app):
 
     app.radio(key="geometry.kind").set_value("mlp").run()
     assert_clean(app)
-    app.number_input(key="geometry.r_d").set_value(9).run()  # r_d > r_v is not allowed (Eq. 5)
-    assert not app.exception
-    assert any("r_d" in e.value for e in app.error)
+    app.number_input(key="geometry.r_d").set_value(100000).run()  # r_d > r_v: clamped (Eq. 5), like r_v
+    assert_clean(app)
+    assert any("r_d=100000" in w.value and "clamped to 8" in w.value for w in app.warning)
 
 
 def test_a_merge_step_adds_a_column_to_the_live_geometry_heatmap(app):
