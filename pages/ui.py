@@ -13,6 +13,7 @@ import hashlib
 import os
 import sys
 import time
+import weakref
 from typing import Any
 
 import pandas as pd
@@ -291,7 +292,8 @@ def option_key(label: str, name: str, context: str) -> str:
     return f"{SETUP_PREFIX}opt.{label}.{name}.{context}"
 
 
-_JOBS: dict[int, RunJob] = {}  # id(run) -> its job, for `merge_controls(run, ...)`
+# id(run) -> its job, for `merge_controls(run, ...)` (weak: an evicted, finished job goes with its run)
+_JOBS: weakref.WeakValueDictionary[int, RunJob] = weakref.WeakValueDictionary()
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)

@@ -181,27 +181,42 @@ def _heatmap_values(driver) -> list:
 # ---------------------------------------------------------------- runs: streaming, reloads, clicks
 
 
-def step_shown(driver) -> int | None:
-    """The step counter of the page ("Step k / N"), read from the page text."""
-    import re
+def page_state(driver) -> dict:
+    """The step counter ("Step k / N") and whether each button is enabled, read in one script call:
+    the page is redrawn after every step, and element handles taken before that go stale."""
+    return driver.execute_script("""
+        const match = document.body.innerText.match(/Step (\\d+) \\/ \\d+/);
+        const buttons = {};
+        for (const b of document.querySelectorAll('button')) { buttons[b.innerText.trim()] = !b.disabled; }
+        return {step: match ? parseInt(match[1]) : null, buttons: buttons};""")
 
-    match = re.search(r"Step (\d+) / \d+", driver.find_element("tag name", "body").text)
-    return int(match.group(1)) if match else None
+
+def step_shown(driver) -> int | None:
+    return page_state(driver)["step"]
+
+
+def busy(driver) -> bool:
+    return bool(page_state(driver)["buttons"].get("Stop"))
 
 
 def wait_for_step(driver, step: int, timeout: float = 120.0) -> None:
+    """Wait until the page shows `step` and no job runs (Stop is off)."""
     start = time.perf_counter()
     while time.perf_counter() - start < timeout:
-        if step_shown(driver) == step and not _button(driver, "Stop").is_enabled():
+        state = page_state(driver)
+        if state["step"] == step and not state["buttons"].get("Stop"):
             return
         time.sleep(0.2)
     raise AssertionError(f"step {step} not reached in {timeout} s (shown: {step_shown(driver)})")
 
 
-def _button(driver, text: str):
-    buttons = [b for b in _by_css(driver, "button") if b.text.strip() == text]
-    assert buttons, f"no button {text!r}"
-    return buttons[0]
+def click_exact(driver, text: str) -> None:
+    """Click the enabled button labelled exactly `text` (found and clicked in one script call)."""
+    clicked = driver.execute_script("""
+        const b = Array.from(document.querySelectorAll('button'))
+          .find(b => b.innerText.trim() === arguments[0] && !b.disabled);
+        if (b) { b.click(); return true; } return false;""", text)
+    assert clicked, f"no enabled button {text!r}"
 
 
 def open_run(driver, app_url: str, query: str) -> None:
@@ -217,15 +232,16 @@ def test_run_to_the_end_redraws_the_charts_after_every_step_and_has_a_stop_butto
     open_run(browser, app_url, "methods=opcm,nufilt")  # a configuration no other test uses
     assert step_shown(browser) == 0
     matrices = {0: _heatmap_values(browser)}  # step shown -> the accuracy matrix drawn with it
-    _button(browser, "Run to the end").click()
+    click_exact(browser, "Run to the end")
     stop_enabled = False
     start = time.perf_counter()
     while time.perf_counter() - start < 180:
-        step = step_shown(browser)
-        if step is not None and step not in matrices:
+        state = page_state(browser)
+        step, running = state["step"], bool(state["buttons"].get("Stop"))
+        if step is not None and step > 0:  # the last matrix drawn while the step was shown (charts follow the text)
             matrices[step] = _heatmap_values(browser)
-        stop_enabled = stop_enabled or _button(browser, "Stop").is_enabled()
-        if step == 3 and not _button(browser, "Stop").is_enabled():
+        stop_enabled = stop_enabled or running
+        if step == 3 and not running:
             break
         time.sleep(0.1)
     assert 3 in matrices, sorted(matrices)
@@ -245,7 +261,7 @@ def test_run_to_the_end_redraws_the_charts_after_every_step_and_has_a_stop_butto
 def test_a_reload_restores_the_step_and_the_choices(browser, app_url):
     open_run(browser, app_url, "methods=task_arithmetic,opcm")
     for step in (1, 2):
-        _button(browser, "Merge next task").click()
+        click_exact(browser, "Merge next task")
         wait_for_step(browser, step)
     browser.refresh()
     start = time.perf_counter()
@@ -262,7 +278,8 @@ def test_a_double_click_merges_the_one_step_it_asked_for_or_says_why_not(browser
     from selenium.webdriver.common.action_chains import ActionChains
 
     open_run(browser, app_url, "methods=opcm,task_arithmetic")
-    ActionChains(browser).double_click(_button(browser, "Merge next task")).perform()
+    button = next(b for b in _by_css(browser, "button") if b.text.strip() == "Merge next task")
+    ActionChains(browser).double_click(button).perform()
     time.sleep(1.0)
     wait_for_step(browser, 1)
     wait_idle(browser)
