@@ -609,7 +609,9 @@ class MultiRun:
             warnings.simplefilter("always")
             record = state.engine.step()  # merge, score the seen tasks, `_analyze`
         for warning in caught:
-            self._note(f"{label}: {warning.message}")
+            text = str(warning.message)  # (NUFILT's own warnings already start with "nufilt: ")
+            self._note(text if text.startswith(f"{label}: ") or text.startswith(f"{state.spec.method}: ")
+                       else f"{label}: {text}")
         step, task, report = record.step, record.task, record.report
         row = [record.scores[name] for name in self.order[:step]]
         losses, geometry = record.analysis
@@ -657,6 +659,49 @@ class MultiRun:
         return step_geometry(record.spec.label, record.step, seen, record.pretrained, record.previous,
                              record.merged, self._task_bases, self.keys, data, GEOMETRY_RANK, GEOMETRY_RANK,
                              max(int(r_p), 1), solver="auto", spectra=self.track_spectra)
+
+    # -- saving and restoring (the files themselves: `nufilt.runstore`)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The committed steps as plain data: per method its merged model, the merger's step,
+        task fingerprints and O(1) statistics, and the accuracy rows; the run's tables."""
+        with self._lock:
+            methods = {}
+            for label, state in self._methods.items():
+                merger = state.engine.merger
+                methods[label] = {
+                    "merged": None if state.merged is None else {k: v.detach().cpu() for k, v in state.merged.items()},
+                    "step": merger.step,
+                    "fingerprints": [[float(k[0]), str(k[1]), int(v)] for k, v in merger._fingerprints.items()],
+                    "statistics": {k: v for k, v in vars(merger.method).items() if k != "options"},
+                    "matrix": [list(map(float, row)) for row in state.matrix],
+                }
+            return {"methods": methods, "rows": {name: list(rows) for name, rows in self._rows.items()},
+                    "messages": list(self.messages), "steps_done": self.steps_done}
+
+    def restore(self, snapshot: Mapping[str, Any]) -> bool:
+        """Back to the steps of a `snapshot()` of a run with the same order and methods; False (and
+        the run unchanged at step 0) when its pre-trained model or methods differ from this run's."""
+        with self._lock:
+            self.reset()
+            methods = snapshot["methods"]
+            if set(methods) != set(self._methods):
+                return False
+            for label, saved in methods.items():
+                fingerprints = {(f[0], f[1]): f[2] for f in saved["fingerprints"]}
+                base = [k for k, v in self._methods[label].engine.merger._fingerprints.items() if v == 0]
+                if base and fingerprints.get(base[0]) != 0:
+                    return False
+            for label, saved in methods.items():
+                state, merger = self._methods[label], self._methods[label].engine.merger
+                merger.merged = state.engine.merged = saved["merged"]
+                merger.step = int(saved["step"])
+                merger._fingerprints = {(f[0], f[1]): int(f[2]) for f in saved["fingerprints"]}
+                vars(merger.method).update(saved["statistics"])
+                state.matrix = [list(row) for row in saved["matrix"]]
+            self._rows = {name: list(snapshot["rows"].get(name, [])) for name in _TABLES}
+            self.messages = list(snapshot.get("messages", []))
+            return True
 
     def _note(self, message: str) -> None:
         if message not in self.messages:
@@ -833,6 +878,12 @@ def layer_widths(backbone: Backbone) -> tuple[int, int]:
     state = backbone.pretrained_state()
     widths = [state[key].shape[1] for key in selected_layers(state)]
     return min(widths), max(widths)
+
+
+def rank_limit(backbone: Backbone) -> int:
+    """The largest subspace rank every one of NUFILT's layers has: min(d_out, d_in) over them."""
+    state = backbone.pretrained_state()
+    return min(min(state[key].shape[:2]) for key in selected_layers(state))
 
 
 # ---------------------------------------------------------------- paper comparison

@@ -76,6 +76,8 @@ if config.n_tasks in (8, 14, 20):
                         done.append(key)
             bar.empty()
             missing = [job for job in jobs if job[0] not in done]
+            if not missing:
+                st.rerun()  # redraw without the (now stale) button
         if not missing:
             runs = [Run(**order_run(key, spec.label, order, spec, backbone)) for key, spec, order in jobs]
             summary = summarize(runs)

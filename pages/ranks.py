@@ -105,6 +105,8 @@ if missing and st.button(f"Compute {len(missing)} missing point(s){estimate}", t
             break
         computed.append(point_key(value))
         st.session_state["ranks.seconds_per_point"] = (time.perf_counter() - started) / (i + 1)
+    else:
+        st.rerun()  # every point done: redraw without the (now stale) Compute button
     bar.empty()
     missing = [value for value in values if point_key(value) not in computed]
 if missing:
