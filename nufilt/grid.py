@@ -23,6 +23,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .backbones.base import Backbone
@@ -176,15 +177,19 @@ def _connect(workers: Workers) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline: no usage-report prompt or upload
+    # workers import nufilt from where this process found it, whatever folder they start in
+    source = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
+    common = {"logging_level": logging.WARNING, "log_to_driver": False,
+              "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
     if workers.address is not None:
         check_address(workers.address)
         try:
-            ray.init(address=workers.address, logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(address=workers.address, **common)
         except (ConnectionError, RuntimeError) as error:
             raise ValueError(f"cannot join the Ray cluster at {workers.address}: {error}") from None
     else:
-        ray.init(num_cpus=workers.count, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        ray.init(num_cpus=workers.count, include_dashboard=False, **common)
     return True
 
 
