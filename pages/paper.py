@@ -9,6 +9,8 @@ nav.require_app()
 
 st.title("Compare with the paper")
 
+import time
+
 import pandas as pd
 
 from nufilt import appstate, figures
@@ -54,12 +56,14 @@ if config.n_tasks in (8, 14, 20):
         if missing and st.button(f"Run every method on orders 1..{int(count)} ({len(missing)} runs)",
                                  key="paper.run"):
             bar = st.progress(0.0)
-            workers = appstate.grid_workers(config)
+            started = time.perf_counter()
+            workers = appstate.grid_workers(config, len(missing), st.session_state.get("paper.seconds_per_run"))
             if workers is None:
                 for i, (key, spec, order) in enumerate(missing):
                     bar.progress(i / len(missing), text=f"{spec.label}, order {orders.index(list(order)) + 1}")
                     order_run(key, spec.label, order, spec, backbone)
                     done.append(key)
+                    st.session_state["paper.seconds_per_run"] = (time.perf_counter() - started) / (i + 1)
             else:  # every missing run at once on the Ray workers (nufilt.grid)
                 bar.progress(0.0, text=f"starting {workers.count} workers")
                 cells = [Cell(run_order, spec, order, f"{spec.label}, order {orders.index(list(order)) + 1}")

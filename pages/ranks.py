@@ -79,7 +79,7 @@ estimate = f", about {len(missing) * per_point:.0f} s" if per_point else ""
 if missing and st.button(f"Compute {len(missing)} missing point(s){estimate}", type="primary", key="ranks.compute"):
     bar = st.progress(0.0, text="sweeping…")
     started = time.perf_counter()
-    workers = appstate.grid_workers(config)
+    workers = appstate.grid_workers(config, len(missing), per_point)
     if workers is not None:  # every missing point at once on the Ray workers (nufilt.grid)
         try:
             table = rank_sweep(backbone, parameter, missing, fixed, [list(run.order)], {"nufilt": dict(options)},

@@ -317,3 +317,23 @@ def test_qualitative_checks_against_the_paper_rows():
     assert set(table["source"]) == {"paper", "this run"} and len(table) == 6
     assert appstate.reference_column("clip-vit-b16", 14) == ("clip-vit-b16", 14)
     assert appstate.reference_column("tiny-vit", 3) == ("clip-vit-b32", 8)
+
+
+def test_app_jobs_go_to_ray_workers_only_when_they_outlast_the_start_up(monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.delenv(appstate.APP_WORKERS_ENV, raising=False)
+    order = [f"task{i}" for i in range(8)]
+    cheap = appstate.make_config("tiny-vit", 8, order, ["nufilt"], preset="quick")
+    default = appstate.make_config("tiny-vit", 8, order, ["nufilt"], preset="default")
+    assert appstate.grid_workers(cheap, cells=30) is None  # a micro zoo's runs take about a second
+    assert appstate.grid_workers(default, cells=30).count == 2  # not measured yet: the default zoo's runs are long
+    assert appstate.grid_workers(default, cells=1) is None
+    assert appstate.grid_workers(default, cells=30, seconds_per_cell=1.0) is None  # 30 s: less than Ray's start-up
+    assert appstate.grid_workers(cheap, cells=30, seconds_per_cell=5.0).count == 2  # measured long after all
+    monkeypatch.setenv(appstate.APP_WORKERS_ENV, "2")  # asked for explicitly: always on workers
+    assert appstate.grid_workers(cheap, cells=3, seconds_per_cell=0.1).count == 2
+    monkeypatch.setenv(appstate.APP_WORKERS_ENV, "0")
+    assert appstate.grid_workers(default, cells=30) is None
+    monkeypatch.setenv(appstate.APP_WORKERS_ENV, "two")
+    with pytest.raises(ValueError, match="NUFILT_APP_WORKERS"):
+        appstate.grid_workers(default, cells=30)
