@@ -80,7 +80,8 @@ def test_two_merge_steps_on_the_geometry_page_add_a_column_and_an_animation_fram
     time.sleep(0.3)
     _wait_idle(browser)
     _healthy(browser)
-    toggles = [t for t in _elements(browser, 'label[data-baseweb="checkbox"]') if "Principal angles" in t.text]
+    toggles = [t for t in _elements(browser, '[data-testid="stCheckbox"]')  # Streamlit's toggles are checkboxes
+               if "Principal angles" in (t.text or t.get_attribute("aria-label") or "")]
     assert toggles, "no toggle for the principal angles and spectra"
     toggles[0].click()  # on before the first step: both steps get angles (from step 2) and spectra
     time.sleep(0.3)
