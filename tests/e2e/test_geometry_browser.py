@@ -100,4 +100,12 @@ def test_two_merge_steps_on_the_geometry_page_add_a_column_and_an_animation_fram
     titles = [f["title"] for f in browser.execute_script(FIGURES)]
     assert any("Principal angles" in title for title in titles) and any("Spectrum" in title for title in titles)
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(OUTPUT / "geometry_after_two_steps.png"))
+    size = browser.get_window_size()
+    try:
+        for width in (1600, 1000):  # the widths the docs' screenshots are checked at
+            browser.set_window_size(width, 2400)
+            time.sleep(1.0)  # Plotly redraws on resize
+            _healthy(browser)
+            browser.save_screenshot(str(OUTPUT / f"geometry_after_two_steps_{width}.png"))
+    finally:
+        browser.set_window_size(size["width"], size["height"])
