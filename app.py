@@ -24,5 +24,6 @@ PAGES = [
 ]
 nav.mark_app()
 page = st.navigation(PAGES)
+nav.open_pending_page()  # a deep link to a fresh server: its page, after the navigation exists
 st.sidebar.markdown("**nufilt** · data-free continual merging (NUFILT and baselines)")
-page.run()
+nav.run_page(page)  # the page, then (while a merge runs) its progress until the next step

@@ -93,11 +93,19 @@ def _tied_source(key: str, state: Mapping[str, torch.Tensor], candidates: Sequen
     """A key among `candidates` whose tensor equals `state[key]` (a tied copy), else None.
     Equality of a non-constant tensor stands in for sharing, which safetensors files do not
     record."""
+    shape = _shape_of(state)
     value = state[key]
     for other in candidates:
-        if other != key and tuple(state[other].shape) == tuple(value.shape) and _same(state[other], value):
+        if other != key and shape(other) == tuple(value.shape) and _same(state[other], value):
             return other
     return None
+
+
+def _shape_of(state: Mapping[str, torch.Tensor]):
+    """`key -> shape`, from header metadata where the state has it (no tensor read)."""
+    if isinstance(state, LazyStateDict):
+        return state.shape
+    return lambda key: tuple(state[key].shape)
 
 
 def _some(keys: Sequence[str]) -> str:
@@ -148,16 +156,20 @@ def align(pretrained: LazyStateDict, tasks: Sequence[LazyStateDict]) -> tuple[Al
         renames=tuple(renames),
         dropped=tuple(dropped),
     )
-    task_views = [
-        LazyStateDict({name: (task.__getitem__, key) for name, key in view.items()}) for task, view in zip(tasks, views,
-                                                                                                          strict=True)
-    ]
+    task_views = [_view(task, view) for task, view in zip(tasks, views, strict=True)]
     return alignment, task_views
+
+
+def _view(state: Mapping[str, torch.Tensor], names: Mapping[str, str]) -> LazyStateDict:
+    """`new -> state[old]` for each `names[new] = old`, lazy, keeping header shapes."""
+    known = state.known_shape if isinstance(state, LazyStateDict) else (lambda key: None)
+    shapes = {new: known(old) for new, old in names.items() if known(old) is not None}
+    return LazyStateDict({new: (state.__getitem__, old) for new, old in names.items()}, shapes)
 
 
 def subset(state: LazyStateDict, keys: Sequence[str]) -> LazyStateDict:
     """The `keys` of a lazy state, still lazy."""
-    return LazyStateDict({key: (state.__getitem__, key) for key in keys})
+    return _view(state, {key: key for key in keys})
 
 
 def combine(pretrained: Mapping[str, torch.Tensor], merged: Mapping[str, torch.Tensor],

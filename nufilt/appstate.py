@@ -65,8 +65,8 @@ class BackboneChoice:
 BACKBONE_CHOICES: tuple[BackboneChoice, ...] = (
     BackboneChoice(EMBEDDED, "tiny-vit (embedded, offline)",
                    "nothing: a tiny CLIP-style ViT zoo on generated 16x16 tasks, built on this machine the "
-                   "first time (about 4 minutes for 8 tasks, 5.5-6 for all 20, on 2 CPU cores; progress shown) and "
-                   "cached", offline=True),
+                   "first time from the shipped pre-trained encoder (about 1.5 minutes for 8 tasks, 3 for all 20, "
+                   "on 2 idle CPU cores; progress shown) and cached", offline=True),
     BackboneChoice("clip-vit-b32", "CLIP ViT-B/32 (Hugging Face Hub)",
                    "Hub access (or the local HF cache) for openai/clip-vit-base-patch32, the 20 fine-tuned "
                    "tanganke/clip-vit-base-patch32_<task> models, and the test sets through `pip install datasets` "
@@ -609,7 +609,9 @@ class MultiRun:
             warnings.simplefilter("always")
             record = state.engine.step()  # merge, score the seen tasks, `_analyze`
         for warning in caught:
-            self._note(f"{label}: {warning.message}")
+            text = str(warning.message)  # (NUFILT's own warnings already start with "nufilt: ")
+            self._note(text if text.startswith(f"{label}: ") or text.startswith(f"{state.spec.method}: ")
+                       else f"{label}: {text}")
         step, task, report = record.step, record.task, record.report
         row = [record.scores[name] for name in self.order[:step]]
         losses, geometry = record.analysis
@@ -657,6 +659,49 @@ class MultiRun:
         return step_geometry(record.spec.label, record.step, seen, record.pretrained, record.previous,
                              record.merged, self._task_bases, self.keys, data, GEOMETRY_RANK, GEOMETRY_RANK,
                              max(int(r_p), 1), solver="auto", spectra=self.track_spectra)
+
+    # -- saving and restoring (the files themselves: `nufilt.runstore`)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The committed steps as plain data: per method its merged model, the merger's step,
+        task fingerprints and O(1) statistics, and the accuracy rows; the run's tables."""
+        with self._lock:
+            methods = {}
+            for label, state in self._methods.items():
+                merger = state.engine.merger
+                methods[label] = {
+                    "merged": None if state.merged is None else {k: v.detach().cpu() for k, v in state.merged.items()},
+                    "step": merger.step,
+                    "fingerprints": [[float(k[0]), str(k[1]), int(v)] for k, v in merger._fingerprints.items()],
+                    "statistics": {k: v for k, v in vars(merger.method).items() if k != "options"},
+                    "matrix": [list(map(float, row)) for row in state.matrix],
+                }
+            return {"methods": methods, "rows": {name: list(rows) for name, rows in self._rows.items()},
+                    "messages": list(self.messages), "steps_done": self.steps_done}
+
+    def restore(self, snapshot: Mapping[str, Any]) -> bool:
+        """Back to the steps of a `snapshot()` of a run with the same order and methods; False (and
+        the run unchanged at step 0) when its pre-trained model or methods differ from this run's."""
+        with self._lock:
+            self.reset()
+            methods = snapshot["methods"]
+            if set(methods) != set(self._methods):
+                return False
+            for label, saved in methods.items():
+                fingerprints = {(f[0], f[1]): f[2] for f in saved["fingerprints"]}
+                base = [k for k, v in self._methods[label].engine.merger._fingerprints.items() if v == 0]
+                if base and fingerprints.get(base[0]) != 0:
+                    return False
+            for label, saved in methods.items():
+                state, merger = self._methods[label], self._methods[label].engine.merger
+                merger.merged = state.engine.merged = saved["merged"]
+                merger.step = int(saved["step"])
+                merger._fingerprints = {(f[0], f[1]): int(f[2]) for f in saved["fingerprints"]}
+                vars(merger.method).update(saved["statistics"])
+                state.matrix = [list(row) for row in saved["matrix"]]
+            self._rows = {name: list(snapshot["rows"].get(name, [])) for name in _TABLES}
+            self.messages = list(snapshot.get("messages", []))
+            return True
 
     def _note(self, message: str) -> None:
         if message not in self.messages:
@@ -835,6 +880,12 @@ def layer_widths(backbone: Backbone) -> tuple[int, int]:
     return min(widths), max(widths)
 
 
+def rank_limit(backbone: Backbone) -> int:
+    """The largest subspace rank every one of NUFILT's layers has: min(d_out, d_in) over them."""
+    state = backbone.pretrained_state()
+    return min(min(state[key].shape[:2]) for key in selected_layers(state))
+
+
 # ---------------------------------------------------------------- paper comparison
 
 # Claims of the paper's Table 1 that a run on any backbone can be checked against.
@@ -964,6 +1015,29 @@ def save_to_folder(backbone: Backbone, state: StateDict, folder: str, card_info:
     return save_merged(backbone, state, target, card_info)
 
 
+APP_WORKERS_ENV = "NUFILT_APP_WORKERS"  # Ray workers of the app's long jobs; 0 or 1: in the server process
+
+
+def grid_workers(config: RunConfig):
+    """`grid.Workers` for the app's long jobs (the Ranks page's points, Compare's runs over the
+    paper's orders): `$NUFILT_APP_WORKERS` (default 2, the machine's two cores) Ray workers that
+    each open this run's backbone, the Ray session kept for the next job; None (run here) when
+    Ray is not installed or the count is 0 or 1."""
+    from functools import partial
+
+    from .grid import Workers, ray_available
+
+    text = os.environ.get(APP_WORKERS_ENV, "").strip() or "2"
+    if not text.isdigit():
+        raise ValueError(f"{APP_WORKERS_ENV} must be a whole number, got {text!r}")
+    if int(text) < 2 or not ray_available():
+        return None
+    spec, n_tasks, preset, cache_dir, device, max_eval, data_dir = config.backbone_key()
+    if cache_dir is not None:
+        cache_dir = str(Path(cache_dir).expanduser().resolve())
+    recipe = partial(open_backbone, spec, n_tasks, preset, cache_dir, device, max_eval, data_dir)
+    return Workers(recipe, int(text), threads=default_threads(), keep_session=True)
+
 __all__ = [
     "BACKBONE_CHOICES",
     "COMMON_OPTIONS",
@@ -978,6 +1052,7 @@ __all__ = [
     "ecdf_with_layers",
     "export_safetensors",
     "export_zip",
+    "grid_workers",
     "make_config",
     "open_backbone",
     "option_fields",

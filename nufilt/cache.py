@@ -114,9 +114,10 @@ def atomic_save_tensors(
 # ---------------------------------------------------------------- integrity of an entry
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
+    with Path(path).open("rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -132,7 +133,7 @@ def write_integrity(folder: str | Path) -> None:
     """Record size and sha256 of every file under `folder`; call it after the last file is done."""
     folder = Path(folder)
     files = {
-        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
+        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": file_sha256(path)}
         for path in _files(folder)
     }
     atomic_write_json(folder / INTEGRITY_FILE, {"files": files})
@@ -161,7 +162,7 @@ def check_integrity(folder: str | Path, deep: bool = True) -> str | None:
         path = folder / name
         if path.stat().st_size != facts["size"]:
             return f"{name}: size {path.stat().st_size} != recorded {facts['size']}"
-        if deep and _sha256(path) != facts["sha256"]:
+        if deep and file_sha256(path) != facts["sha256"]:
             return f"{name}: sha256 differs from the recorded one"
     return None
 

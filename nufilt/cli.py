@@ -136,6 +136,7 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", type=Path, metavar="DIR",
                         help="hub backbones: local test sets (docs/real-backbones.md)")
     parser.add_argument("--max-samples", type=int, metavar="N", help="hub backbones: test examples per task")
+    add_worker_arguments(parser, "the grid's runs (method x order)")
     parser.set_defaults(handler=run_command)
 
 
@@ -162,26 +163,66 @@ def _check_option_targets(overrides: dict[str, dict], labels: Sequence[str]) -> 
             raise UsageError(f"--option for {target!r}, which is not in --methods")
 
 
-def _make_backbone(args: argparse.Namespace, progress: Callable[[str, float], None] | None):
-    from .backbones import get_backbone
-
+def _backbone_arguments(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """(spec, keyword arguments) of `backbones.get_backbone` for the command's flags."""
     if args.backbone == "tiny-vit":
-        return get_backbone(
-            "tiny-vit",
-            n_tasks=args.tasks,
-            preset=args.preset,
-            cache_dir=args.cache_dir,
-            progress=progress,
-            threads=args.threads,
-            build_workers=None,  # missing task models fine-tuned in up to two processes
-        )
+        return "tiny-vit", {"n_tasks": args.tasks, "preset": args.preset, "cache_dir": args.cache_dir,
+                            "threads": args.threads}
     if args.preset is not None:
         raise UsageError("--preset applies to the tiny-vit backbone only")
     kwargs: dict[str, Any] = {"tasks": args.tasks, "device": args.device}
     for key in ("cache_dir", "data_dir", "max_samples"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
-    return get_backbone(args.backbone, **kwargs)
+    return args.backbone, kwargs
+
+
+def _make_backbone(args: argparse.Namespace, progress: Callable[[str, float], None] | None):
+    from .backbones import get_backbone
+
+    spec, kwargs = _backbone_arguments(args)
+    if spec == "tiny-vit":  # missing task models fine-tuned in up to two processes
+        kwargs.update(progress=progress, build_workers=None)
+    return get_backbone(spec, **kwargs)
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help=f"run {what} on N Ray workers (Ray started here; default: one after another in this "
+                        "process); with --ray-address: N workers on that cluster (default: one per CPU)")
+    parser.add_argument("--ray-address", metavar="ADDRESS",
+                        help="an existing Ray cluster (`ray start --head` prints it; HOST:PORT or auto)")
+
+
+def _workers(args: argparse.Namespace):
+    """`grid.Workers` for --workers / --ray-address (None: in-process); each worker rebuilds the
+    backbone from the same flags, with paths made absolute (workers may start elsewhere)."""
+    from functools import partial
+
+    if args.workers is None and args.ray_address is None:
+        return None
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be positive, got {args.workers}")
+    from .grid import Workers, check_address, ray_available
+
+    if not ray_available():
+        raise UsageError("--workers and --ray-address need Ray: pip install ray")
+    if args.ray_address is not None:
+        try:
+            check_address(args.ray_address)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    from .backbones import get_backbone
+
+    spec, kwargs = _backbone_arguments(args)
+    if spec == "tiny-vit" and kwargs["cache_dir"] is None:
+        from .cache import default_cache_dir
+
+        kwargs["cache_dir"] = default_cache_dir()
+    for key in ("cache_dir", "data_dir"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = Path(kwargs[key]).expanduser().resolve()
+    return Workers(partial(get_backbone, spec, **kwargs), args.workers, args.ray_address, args.threads)
 
 
 def _stderr_progress(quiet: bool) -> Callable[[str, float], None] | None:
@@ -219,6 +260,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.save is not None and args.save.exists() and (not args.save.is_dir() or any(args.save.iterdir())):
         raise UsageError(f"--save {args.save} exists and is not an empty folder")
     progress = _stderr_progress(args.quiet)
+    workers = _workers(args)
     try:
         # in a terminal tqdm shows the zoo build; elsewhere (logs, the app) the callback does
         backbone = _make_backbone(args, None if sys.stderr.isatty() else progress)
@@ -236,7 +278,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     if hasattr(backbone, "prepare"):
         backbone.prepare()
-    result = run_benchmark(backbone, specs, orders, progress)
+    result = run_benchmark(backbone, specs, orders, progress, workers)
     print(format_table(result))
     _print_paper_reference(backbone, len(names), result)
     if args.out is not None:
@@ -249,7 +291,14 @@ def run_command(args: argparse.Namespace) -> int:
     from .memory import memory_report
 
     print(memory_report(), file=sys.stderr)
+    _print_workers(result)
     return 0
+
+
+def _print_workers(result: dict) -> None:
+    for record in result.get("workers", {}).get("per_worker", []):
+        state = f"died ({record['died']})" if "died" in record else f"peak memory {record['peak_rss_mb']:.0f} MiB RSS"
+        print(f"worker {record['worker']}: {record['cells']} cell(s), {state}", file=sys.stderr)
 
 
 def _print_paper_reference(backbone, n_tasks: int, result: dict) -> None:
@@ -309,6 +358,7 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     parser.add_argument("--device", default="auto", help="merge device: auto, cpu or cuda (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    add_worker_arguments(parser, "the --sweep points")
     parser.set_defaults(handler=analyze_command, data_dir=None, max_samples=None)
 
 
@@ -322,6 +372,9 @@ def analyze_command(args: argparse.Namespace) -> int:
     if any(name not in ("r_p", "r_l", "r_v") for name in sweeps):
         raise UsageError(f"--sweep takes r_p, r_l and/or r_v, got {args.sweep!r}")
     progress = _stderr_progress(args.quiet)
+    if not sweeps and (args.workers is not None or args.ray_address is not None):
+        raise UsageError("--workers and --ray-address run the --sweep points; give --sweep")
+    workers = _workers(args)
     try:
         # in a terminal tqdm shows the zoo build; elsewhere (logs, the app) the callback does
         backbone = _make_backbone(args, None if sys.stderr.isatty() else progress)
@@ -334,10 +387,11 @@ def analyze_command(args: argparse.Namespace) -> int:
         n_samples = clamp_samples(backbone, 256) if args.samples is None else args.samples
         document = analyze(backbone, order, _resolve_methods(args.methods), n_samples=n_samples,
                            source=args.source, r_d=args.r_d, r_v=args.r_v, sweeps=sweeps,
-                           cache_dir=args.cache_dir, progress=progress, device=args.device)
+                           cache_dir=args.cache_dir, progress=progress, device=args.device, workers=workers)
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from None
     print(format_summary(document))
+    _print_workers(document)
     if args.out is not None:
         from .cache import atomic_write_json
 
@@ -476,12 +530,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .backbones.hub import HubUnavailableError
+    from .grid import GridError
 
     prog = f"{parser.prog} {args.command}"
     try:
         _set_threads(args)
         return args.handler(args)
-    except HubUnavailableError as error:  # no network or cache: a message, not a traceback
+    except (HubUnavailableError, GridError) as error:  # no network or cache; cells that failed twice
         print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
         return 1
     except USER_ERRORS as error:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from .backbones.base import Backbone
 from .engine import RunEngine, check_order
 from .methods import ABLATIONS, COMMON_OPTIONS, METHODS, paper_options
 from .methods.base import build_options, resolve_aliases
+
+if TYPE_CHECKING:
+    from .grid import Workers
 
 ProgressFn = Callable[[str, float], None]
 
@@ -243,8 +246,13 @@ def run_benchmark(
     specs: Sequence[MethodSpec],
     orders: Sequence[Sequence[str]],
     progress: ProgressFn | None = None,
+    workers: Workers | None = None,
 ) -> dict:
-    """Every method on every order; the JSON document written by `python -m nufilt run`."""
+    """Every method on every order; the JSON document written by `python -m nufilt run`.
+
+    With `workers` the runs are the cells of a Ray grid (`nufilt.grid`): the same document, runs
+    in the same order, plus a top-level `workers` record (cells and peak memory per worker).
+    """
     if not specs:
         raise ValueError("no methods to run")
     if not orders:
@@ -252,6 +260,8 @@ def run_benchmark(
     names = [t.name for t in backbone.tasks]
     orders = [check_order(order, names) for order in orders]
     reference = backbone.reference()
+    if workers is not None:
+        return _run_grid_benchmark(backbone, specs, orders, progress, workers, reference)
     runs: list[Run] = []
     total = len(specs) * len(orders)
     for i, spec in enumerate(specs):
@@ -269,6 +279,24 @@ def run_benchmark(
         "runs": [run.to_json() for run in runs],
         "summary": summarize(runs),
         "reference": reference,
+    }
+
+
+def _run_grid_benchmark(backbone: Backbone, specs: Sequence[MethodSpec], orders: list[list[str]],
+                        progress: ProgressFn | None, workers: Workers, reference: dict) -> dict:
+    from .grid import Cell, run_grid
+
+    cells = [Cell(run_order, spec, tuple(order), f"{spec.label}, order {j + 1}")
+             for spec in specs for j, order in enumerate(orders)]
+    grid = run_grid(cells, workers, progress=progress)
+    runs: list[Run] = grid.values
+    return {
+        "backbone": backbone.name,
+        "tasks": [t.name for t in backbone.tasks],
+        "runs": [run.to_json() for run in runs],
+        "summary": summarize(runs),
+        "reference": reference,
+        "workers": grid.record(),
     }
 
 

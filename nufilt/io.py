@@ -46,8 +46,10 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
     changes what the next lookup returns.
     """
 
-    def __init__(self, index: Mapping[str, tuple[Callable[[str], torch.Tensor], str]]):
+    def __init__(self, index: Mapping[str, tuple[Callable[[str], torch.Tensor], str]],
+                 shapes: Mapping[str, tuple[int, ...]] | None = None):
         self._index = dict(index)
+        self._shapes = {key: tuple(shape) for key, shape in (shapes or {}).items() if key in self._index}
 
     def __getitem__(self, key: str) -> torch.Tensor:
         reader, name = self._index[key]
@@ -65,6 +67,15 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
     def __repr__(self) -> str:
         return f"LazyStateDict({len(self)} tensors)"
 
+    def known_shape(self, key: str) -> tuple[int, ...] | None:
+        """The shape of `key` if known without reading it (a safetensors header), else None."""
+        return self._shapes.get(key)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """The shape of `key`, read from the tensor only when no header recorded it."""
+        known = self.known_shape(key)
+        return known if known is not None else tuple(self[key].shape)
+
     def source_name(self, key: str) -> str:
         """The name `key` has inside its file."""
         return self._index[key][1]
@@ -74,7 +85,8 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
         missing = [old for old in names.values() if old not in self._index]
         if missing:
             raise KeyError(f"not in the checkpoint: {', '.join(missing[:5])}")
-        return LazyStateDict({new: self._index[old] for new, old in names.items()})
+        return LazyStateDict({new: self._index[old] for new, old in names.items()},
+                             {new: self._shapes[old] for new, old in names.items() if old in self._shapes})
 
     def materialize(self) -> dict[str, torch.Tensor]:
         """Plain dict of independent in-memory tensors."""
@@ -145,13 +157,22 @@ def safetensors_keys(path: str | os.PathLike) -> list[str]:
         raise ValueError(f"{path} is not a readable safetensors file ({error})") from None
 
 
+def _header_shapes(path: Path, names: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors header, without reading the tensors."""
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        return {name: tuple(handle.get_slice(name).get_shape()) for name in names}
+
+
 def _lazy_safetensors(files: Iterable[Path]) -> LazyStateDict:
     index: dict[str, tuple[Callable[[str], torch.Tensor], str]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for path in files:
         reader = _safetensors_reader(path)
-        for name in safetensors_keys(path):
+        names = safetensors_keys(path)
+        for name in names:
             index[name] = (reader, name)
-    return LazyStateDict(index)
+        shapes.update(_header_shapes(path, names))
+    return LazyStateDict(index, shapes)
 
 
 def load_pickle_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -191,7 +212,7 @@ def load_pickle_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def _in_memory(state: dict[str, torch.Tensor]) -> LazyStateDict:
     reader = state.__getitem__
-    return LazyStateDict({name: (reader, name) for name in state})
+    return LazyStateDict({name: (reader, name) for name in state}, {name: tuple(t.shape) for name, t in state.items()})
 
 
 def _index_files(index_path: Path) -> list[Path]:

@@ -85,6 +85,10 @@ r_v = middle.number_input("r_v (task-vector subspace)", min_value=1, value=8, st
 n_samples = right.number_input("inputs per task", min_value=1, value=256, step=64, key="geometry.n_samples")
 kind = last.radio("layers", KINDS, horizontal=True, key="geometry.kind")
 n_samples = appstate.clamp_samples(backbone, int(n_samples))
+r_d_limit = min(int(r_v), appstate.rank_limit(backbone))  # r_v is clamped per layer; r_d <= r_v (Eq. 5)
+if r_d > r_d_limit:
+    st.warning(f"r_d={r_d} is more than r_v or the layers allow (r_d <= r_v, Eq. 5); clamped to {r_d_limit}.")
+    r_d = r_d_limit
 
 try:
     with st.spinner(f"activation statistics and task-vector bases of {len(run.order)} tasks…"):

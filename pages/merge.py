@@ -52,7 +52,7 @@ st.caption("Removed energy: share of ‖τt‖² inside the top-r_p right singul
            "layer during NUFILT's Adam iterations. Both for NUFILT and its ablations.")
 
 with st.expander("Timings per step"):
-    st.dataframe(metrics, hide_index=True)
+    ui.table(metrics)
 
 # ---------------------------------------------------------------- the merged model
 st.subheader("The merged model")

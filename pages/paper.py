@@ -13,6 +13,7 @@ import pandas as pd
 
 from nufilt import appstate, figures
 from nufilt.evaluation import Run, paper_orders, reference_summary, run_order, summarize
+from nufilt.grid import Cell, GridError, run_grid
 from nufilt.paper import paper_reference
 from pages import ui
 
@@ -25,9 +26,10 @@ paper_rows = paper_reference(reference_backbone, reference_tasks, column)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def order_run(key: tuple, label: str, order: tuple[str, ...], _spec, _backbone) -> dict:
-    """One method on one order, every step scored (cached per backbone, method options and order)."""
-    return run_order(_backbone, _spec, list(order)).to_json()
+def order_run(key: tuple, label: str, order: tuple[str, ...], _spec, _backbone, _computed: dict | None = None) -> dict:
+    """One method on one order, every step scored (cached per backbone, method options and order);
+    `_computed`: the run as Ray workers computed it, stored under the same key."""
+    return _computed if _computed is not None else run_order(_backbone, _spec, list(order)).to_json()
 
 
 @st.cache_data(show_spinner=False)
@@ -52,12 +54,30 @@ if config.n_tasks in (8, 14, 20):
         if missing and st.button(f"Run every method on orders 1..{int(count)} ({len(missing)} runs)",
                                  key="paper.run"):
             bar = st.progress(0.0)
-            for i, (key, spec, order) in enumerate(missing):
-                bar.progress(i / len(missing), text=f"{spec.label}, order {orders.index(list(order)) + 1}")
-                order_run(key, spec.label, order, spec, backbone)
-                done.append(key)
+            workers = appstate.grid_workers(config)
+            if workers is None:
+                for i, (key, spec, order) in enumerate(missing):
+                    bar.progress(i / len(missing), text=f"{spec.label}, order {orders.index(list(order)) + 1}")
+                    order_run(key, spec.label, order, spec, backbone)
+                    done.append(key)
+            else:  # every missing run at once on the Ray workers (nufilt.grid)
+                bar.progress(0.0, text=f"starting {workers.count} workers")
+                cells = [Cell(run_order, spec, order, f"{spec.label}, order {orders.index(list(order)) + 1}")
+                         for _, spec, order in missing]
+                try:
+                    values = run_grid(cells, workers, progress=lambda message, fraction: bar.progress(fraction,
+                                                                                                      message)).values
+                except GridError as error:  # keep the runs that completed
+                    st.error(str(error))
+                    values = [error.values.get(i) for i in range(len(cells))]
+                for (key, spec, order), computed in zip(missing, values, strict=True):
+                    if computed is not None:
+                        order_run(key, spec.label, order, spec, backbone, computed.to_json())
+                        done.append(key)
             bar.empty()
-            missing = []
+            missing = [job for job in jobs if job[0] not in done]
+            if not missing:
+                st.rerun()  # redraw without the (now stale) button
         if not missing:
             runs = [Run(**order_run(key, spec.label, order, spec, backbone)) for key, spec, order in jobs]
             summary = summarize(runs)

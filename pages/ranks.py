@@ -15,6 +15,7 @@ import pandas as pd
 
 from nufilt import appstate, figures
 from nufilt.analysis import rank_sweep, summarize_sweep, sweep_settings
+from nufilt.grid import GridError
 from pages import ui
 
 ui.init_state()
@@ -29,8 +30,11 @@ st.caption(f"NUFILT on this run's order ({len(run.order)} tasks), one full run p
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def sweep_point(key: tuple, order: tuple[str, ...], parameter: str, value: int, fixed: tuple, options: tuple,
-                device: str, seed: int, _backbone) -> dict:
-    """ACC/BWT of one NUFILT run with `parameter = value` (cached: a point is computed once)."""
+                device: str, seed: int, _backbone, _computed: dict | None = None) -> dict:
+    """ACC/BWT of one NUFILT run with `parameter = value` (cached: a point is computed once);
+    `_computed`: the point as Ray workers computed it, stored under the same key."""
+    if _computed is not None:
+        return _computed
     table = rank_sweep(_backbone, parameter, [value], dict(fixed), [list(order)], {"nufilt": dict(options)},
                        device=device, seed=seed)
     return table.iloc[0].to_dict()
@@ -75,7 +79,23 @@ estimate = f", about {len(missing) * per_point:.0f} s" if per_point else ""
 if missing and st.button(f"Compute {len(missing)} missing point(s){estimate}", type="primary", key="ranks.compute"):
     bar = st.progress(0.0, text="sweeping…")
     started = time.perf_counter()
-    for i, value in enumerate(missing):
+    workers = appstate.grid_workers(config)
+    if workers is not None:  # every missing point at once on the Ray workers (nufilt.grid)
+        try:
+            table = rank_sweep(backbone, parameter, missing, fixed, [list(run.order)], {"nufilt": dict(options)},
+                               progress=lambda message, fraction: bar.progress(fraction, message), workers=workers,
+                               device=config.device, seed=config.seed)
+        except (ValueError, TypeError, GridError) as error:
+            st.error(f"{parameter}: {error}")
+            table = pd.DataFrame()
+        for row in table.to_dict("records"):
+            value = int(row["value"])
+            sweep_point(config.backbone_key(), tuple(run.order), parameter, value, tuple(sorted(fixed.items())),
+                        options, config.device, config.seed, backbone, row)
+            computed.append(point_key(value))
+        if len(table):
+            st.session_state["ranks.seconds_per_point"] = (time.perf_counter() - started) / len(table)
+    for i, value in enumerate(missing if workers is None else []):
         bar.progress(i / len(missing), text=f"{parameter} = {value}: merging {len(run.order)} tasks")
         try:
             sweep_point(config.backbone_key(), tuple(run.order), parameter, value, tuple(sorted(fixed.items())),
@@ -85,6 +105,8 @@ if missing and st.button(f"Compute {len(missing)} missing point(s){estimate}", t
             break
         computed.append(point_key(value))
         st.session_state["ranks.seconds_per_point"] = (time.perf_counter() - started) / (i + 1)
+    else:
+        st.rerun()  # every point done: redraw without the (now stale) Compute button
     bar.empty()
     missing = [value for value in values if point_key(value) not in computed]
 if missing:

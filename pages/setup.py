@@ -31,11 +31,13 @@ if not choice.offline:
     left.text_input("Local test sets (optional; default: the Hub)", key="setup.data_dir", placeholder="/data/test-sets",
                     help="DIR/<task>/test/<label>/*.png for image tasks, DIR/<task>/test.jsonl for GLUE", **KEEP)
 if choice.spec == EMBEDDED:
-    left.caption(f"Zoo preset `{appstate.zoo_preset()}` (`NUFILT_ZOO_PRESET=quick`: a smoke-test zoo of all 20 "
-                 "tasks that builds in about a minute); "
-                 f"cache folder `{ui.cache_dir() or 'cache/'}` (`NUFILT_CACHE_DIR`).")
+    left.toggle("Quick demo", key="setup.quick", **KEEP,
+                help="A quick-start zoo of all 20 tasks (smaller models, fewer test images) that builds in about a "
+                     "minute: the first merge step is on screen within a minute of starting the app. Off: the "
+                     f"server's zoo preset `{appstate.zoo_preset()}`.")
+    left.caption(f"Zoo preset `{ui.preset()}`; cache folder `{ui.cache_dir() or 'cache/'}` (`NUFILT_CACHE_DIR`).")
 
-groups = appstate.task_groups(appstate.pool_size(choice.spec, appstate.zoo_preset()))
+groups = appstate.task_groups(appstate.pool_size(choice.spec, ui.preset()))
 right.selectbox("Task group", groups, key="setup.n_tasks", help="The paper merges 8, 14 and 20 tasks.", **KEEP)
 right.selectbox("Merge device", ["auto", "cpu", "cuda"], key="setup.device", **KEEP)
 try:
@@ -46,7 +48,7 @@ except ValueError as error:
 backbone, job = ui.current_backbone()
 if backbone is None:
     st.stop()
-ready = ui.prepare_panel(job, autostart=choice.spec == EMBEDDED)
+ready = ui.prepare_panel(job, autostart=ui.autostart(choice.spec))
 tasks = [task.name for task in backbone.tasks]
 if ready:
     note = f" (built/checked in {job.seconds:.0f} s)" if job.seconds else ""

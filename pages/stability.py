@@ -26,6 +26,6 @@ ui.chart(figures.stability_plasticity_lines(per_step), per_step, "stability_plas
 ui.chart(figures.stability_plasticity_summary(summary), summary, "stability_plasticity_summary")
 with st.expander("Per layer"):
     losses = run.losses()
-    st.dataframe(losses, hide_index=True)
+    ui.table(losses, number_format="%.3g")  # losses span orders of magnitude
     st.download_button("⬇ CSV", losses.to_csv(index=False), file_name="losses_per_layer.csv", mime="text/csv",
                        key="csv.losses_per_layer", on_click="ignore")

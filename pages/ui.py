@@ -1,8 +1,10 @@
 """Streamlit helpers shared by the pages: settings in session state, cached resources, chart + CSV.
 
-Session state holds only names and numbers (the `setup.*` widget values). Models live in
-`st.cache_resource` (one backbone per spec, shared), the step-by-step run in a session-scoped
-`st.cache_resource` keyed by the run's `RunConfig`, and arrays/tables in `st.cache_data`.
+Session state holds only names and numbers (the `setup.*` widget values), mirrored in the URL's
+query parameters (`nufilt.appurl`) so a link or a reload reproduces the view. Models live in
+`st.cache_resource` (one backbone per spec, shared); the step-by-step run and the background job
+that steps it live in a shared `st.cache_resource` keyed by the run's `RunConfig` (a reload or
+another tab re-attaches to it) and on disk (`nufilt.runstore`: a restarted server restores it).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
+import weakref
 from typing import Any
 
 import pandas as pd
@@ -17,15 +21,19 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from nufilt import appstate
+from nufilt import appstate, appurl, runstore
 from nufilt.backbones import EMBEDDED
 from nufilt.roots import allowed_roots, check_allowed
+from nufilt.runjob import RunJob
+from nufilt.zoo.config import ENV_PRESET
+from pages import nav
 
 torch.set_num_threads(appstate.app_threads())  # once per process, when the first page imports this module
 
 SETUP_PREFIX = "setup."
 DEFAULTS: dict[str, Any] = {
     "setup.backbone": EMBEDDED,
+    "setup.quick": False,
     "setup.path": "",
     "setup.n_tasks": 8,
     "setup.order_mode": "paper",
@@ -41,23 +49,108 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+DEVICES = ("auto", "cpu", "cuda")
+URL_LOADED, URL_PROBLEMS, URL_OPTIONS = "_nufilt_url_loaded", "_nufilt_url_problems", "_nufilt_url_options"
+
+
 def init_state() -> None:
-    """The Setup defaults, once per session, made consistent with the backbone's task pool.
+    """The Setup defaults (or, on a session's first run, the URL's choices), made consistent with
+    the backbone's task pool, and written back to the URL.
 
     The Setup widgets keep their values across pages with `persist_state="session"`.
     """
+    first = URL_LOADED not in st.session_state
     for key, value in DEFAULTS.items():
         st.session_state.setdefault(key, value)
-    groups = appstate.task_groups(appstate.pool_size(setting("backbone"), appstate.zoo_preset()))
+    options: dict[str, dict[str, str]] = {}
+    if first:
+        st.session_state[URL_LOADED] = True
+        options = _load_url(current_params())
+    groups = appstate.task_groups(appstate.pool_size(setting("backbone"), preset()))
     if setting("n_tasks") not in groups:
         st.session_state["setup.n_tasks"] = groups[0]
     modes = appstate.order_modes(int(setting("n_tasks")))
     if setting("order_mode") not in modes:
         st.session_state["setup.order_mode"] = "pool"
+    if options:
+        _load_url_options(options)
+    write_url()
+    problems = st.session_state.get(URL_PROBLEMS)
+    if problems:
+        st.warning("The link's parameters were partly ignored: " + "; ".join(problems))
     st.sidebar.caption(
         f"Backbone `{backbone_spec()}` · {setting('n_tasks')} tasks · order: {setting('order_mode')} · "
         f"methods: {', '.join(setting('methods')) or '–'}"
     )
+
+
+def current_params() -> dict[str, str | list[str]]:
+    """The URL's query parameters (a deep link's, kept by `nav` across the hand-over to app.py)."""
+    pending = nav.pending_params()
+    if pending is not None:
+        return pending
+    return {key: st.query_params.get_all(key) if key == appurl.OPTION_PARAM else st.query_params[key]
+            for key in st.query_params}
+
+
+def _load_url(params: dict[str, str | list[str]]) -> dict[str, dict[str, str]]:
+    """Setup choices from the URL into session state; returns the method options (as text)."""
+    settings, options, problems = appurl.params_to_settings(params)
+    valid = {
+        "backbone": lambda v: v in {choice.spec for choice in appstate.BACKBONE_CHOICES},
+        "device": lambda v: v in DEVICES,
+        "order_mode": lambda v: v in appstate.ORDER_MODES,
+        "methods": lambda v: bool(v) and set(v) <= set(appstate.method_labels()),
+        "n_tasks": lambda v: v > 0,
+        "paper_index": lambda v: 1 <= v <= 10,
+        "seed": lambda v: v >= 0,
+        "max_eval": lambda v: v >= 0,
+        "n_samples": lambda v: v >= 1,
+    }
+    for key, value in settings.items():
+        if key in valid and not valid[key](value):
+            problems.append(f"{key}={value!r} is not one of the choices")
+            continue
+        st.session_state[SETUP_PREFIX + key] = value
+    st.session_state[URL_PROBLEMS] = problems
+    return options
+
+
+def _load_url_options(options: dict[str, dict[str, str]]) -> None:
+    problems = st.session_state.setdefault(URL_PROBLEMS, [])
+    context = context_key()
+    for label, values in options.items():
+        if label not in appstate.method_labels():
+            problems.append(f"opt for unknown method {label!r}")
+            continue
+        fields = {f.name: f for f in appstate.option_fields(label, int(setting("n_tasks")))}
+        for name, text in values.items():
+            if name not in fields:
+                problems.append(f"{label} has no option {name!r}")
+                continue
+            kind = fields[name].kind
+            try:
+                value = appurl.parse_value(text, kind if kind in ("int", "float", "bool") else "str")
+            except ValueError as error:
+                problems.append(f"{label}.{name}: {error}")
+                continue
+            st.session_state[option_key(label, name, context)] = value
+
+
+def write_url(options: dict[str, dict[str, Any]] | None = None) -> None:
+    """The current Setup choices (and changed method options) as the URL's query parameters."""
+    if options is not None:
+        st.session_state[URL_OPTIONS] = options
+    settings = {key: setting(key) for key, _ in appurl.PARAMS.values()}
+    defaults = {key[len(SETUP_PREFIX):]: value for key, value in DEFAULTS.items()}
+    params = appurl.settings_to_params(settings, defaults, st.session_state.get(URL_OPTIONS, {}))
+    if params != current_params():
+        st.query_params.from_dict(params)
+
+
+def preset() -> str:
+    """The embedded zoo preset: "quick" with the Setup page's Quick demo, else the server's."""
+    return "quick" if setting("quick") else appstate.zoo_preset()
 
 
 def setting(name: str) -> Any:
@@ -81,7 +174,7 @@ def max_eval() -> int | None:
 def backbone_args() -> tuple:
     """(spec, n_tasks, preset, cache_dir, device, max_eval, data_dir): the cache key of the backbone."""
     data_dir = None if setting("backbone") == EMBEDDED else setting("data_dir").strip() or None
-    return (backbone_spec(), int(setting("n_tasks")), appstate.zoo_preset(), cache_dir(), setting("device"),
+    return (backbone_spec(), int(setting("n_tasks")), preset(), cache_dir(), setting("device"),
             max_eval(), data_dir)
 
 
@@ -138,7 +231,11 @@ def prepare_panel(job: appstate.PrepareJob, autostart: bool) -> bool:
             st.rerun()
         return False
     if job.state == "idle":
-        if st.button("Load the models", key="prepare.start", type="primary"):
+        if job.backbone.name == EMBEDDED:
+            st.info("The models of this zoo are not built yet: building the default zoo takes a few minutes on "
+                    "2 cores. **Quick demo** (Setup) builds a small zoo in about a minute.")
+        if st.button("Build the models" if job.backbone.name == EMBEDDED else "Load the models",
+                     key="prepare.start", type="primary"):
             job.start()
             st.rerun()
         return False
@@ -157,6 +254,13 @@ def prepare_panel(job: appstate.PrepareJob, autostart: bool) -> bool:
     return False
 
 
+def autostart(spec: str) -> bool:
+    """Build the embedded zoo without a click when its preset was chosen (Quick demo, or the server's
+    `$NUFILT_ZOO_PRESET`); the default zoo takes minutes, so a first visit waits for a click and a
+    Quick demo never queues behind it."""
+    return spec == EMBEDDED and (bool(setting("quick")) or bool(os.environ.get(ENV_PRESET, "").strip()))
+
+
 def config_from_settings(backbone) -> appstate.RunConfig:
     """The run configuration from the Setup widgets (ValueError/TypeError with the reason)."""
     tasks = [t.name for t in backbone.tasks]
@@ -170,11 +274,12 @@ def config_from_settings(backbone) -> appstate.RunConfig:
         values = {f.name: st.session_state.get(option_key(label, f.name, context_key()), f.value) for f in fields}
         overrides[label] = appstate.changed_options(fields, values)
     config = appstate.make_config(
-        backbone_spec(), len(order), order, methods, overrides, preset=appstate.zoo_preset(), cache_dir=cache_dir(),
+        backbone_spec(), len(order), order, methods, overrides, preset=preset(), cache_dir=cache_dir(),
         device=setting("device"), track_losses=bool(setting("track_losses")), n_samples=int(setting("n_samples")),
         max_eval=max_eval(), data_dir=backbone_args()[-1],
     )
     config.specs(backbone)  # validates every option
+    write_url({label: dict(values) for label, values in config.overrides})
     return config
 
 
@@ -187,11 +292,23 @@ def option_key(label: str, name: str, context: str) -> str:
     return f"{SETUP_PREFIX}opt.{label}.{name}.{context}"
 
 
-@st.cache_resource(scope="session", max_entries=6, show_spinner=False)
-def run_for(key: str, _config: appstate.RunConfig, _backbone) -> appstate.MultiRun:
-    """This session's step-by-step run for one configuration (`key` = repr of the config)."""
-    return appstate.MultiRun(_backbone, _config.order, _config.specs(_backbone), _config.track_losses,
-                             _config.n_samples)
+# id(run) -> its job, for `merge_controls(run, ...)` (weak: an evicted, finished job goes with its run)
+_JOBS: weakref.WeakValueDictionary[int, RunJob] = weakref.WeakValueDictionary()
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def job_for(key: str, folder: str, _config: appstate.RunConfig, _backbone) -> RunJob:
+    """The run of one configuration (`key` = repr of the config) and its background job, shared by
+    every session and tab with that configuration; restored from `folder` when it was saved."""
+    run = appstate.MultiRun(_backbone, _config.order, _config.specs(_backbone), _config.track_losses,
+                            _config.n_samples)
+    restored = runstore.load_run(run, _config, folder)
+    job = RunJob(run, save=lambda run, target: runstore.save_run(run, _config, target, folder),
+                 forget=lambda: runstore.forget_run(_config, folder))
+    if restored and restored["target"] > restored["steps"]:  # the server stopped during a background run
+        job.interrupted_at, job.target = restored["steps"], restored["target"]
+    _JOBS[id(run)] = job
+    return job
 
 
 def require_run() -> tuple[appstate.RunConfig, Any, appstate.MultiRun]:
@@ -200,12 +317,13 @@ def require_run() -> tuple[appstate.RunConfig, Any, appstate.MultiRun]:
     if backbone is None:
         st.page_link("pages/setup.py", label="Go to Setup", icon=":material/tune:")
         st.stop()
-    if not prepare_panel(job, autostart=backbone.name == EMBEDDED):
+    if not prepare_panel(job, autostart=autostart(backbone.name)):
         st.page_link("pages/setup.py", label="Setup", icon=":material/tune:")
         st.stop()
     try:
         config = config_from_settings(backbone)
-        run = run_for(repr(config), config, backbone)
+        folder = str(runstore.runs_dir(config.cache_dir))
+        run_job = job_for(repr(config), folder, config, backbone)
     except (ValueError, TypeError) as error:
         st.error(f"The Setup choices are not valid: {error}")
         st.page_link("pages/setup.py", label="Fix them on the Setup page", icon=":material/tune:")
@@ -213,7 +331,17 @@ def require_run() -> tuple[appstate.RunConfig, Any, appstate.MultiRun]:
     except Exception as error:
         st.error(f"Could not start the run: {type(error).__name__}: {error}")
         st.stop()
-    return config, backbone, run
+    if run_job.running:
+        st.sidebar.caption(f"Merging in the background: step {run_job.steps_done + 1} of {len(config.order)} "
+                           f"(to step {run_job.target}).")
+    return config, backbone, run_job.run
+
+
+def table(frame: pd.DataFrame, number_format: str = "%.2f", **kwargs: Any) -> None:
+    """`st.dataframe` with every float column in `number_format` (78.33, not 78.3333)."""
+    formats = {column: st.column_config.NumberColumn(format=number_format)
+               for column in frame.columns if pd.api.types.is_float_dtype(frame[column])}
+    st.dataframe(frame, hide_index=True, column_config=formats, **kwargs)
 
 
 def chart(fig: go.Figure, table: pd.DataFrame, name: str) -> None:
@@ -225,38 +353,70 @@ def chart(fig: go.Figure, table: pd.DataFrame, name: str) -> None:
     )
 
 
+def _request(job: RunJob, prefix: str, shown: int, steps: int | None) -> None:
+    st.session_state[f"{prefix}.refusal"] = job.request(shown, steps)
+
+
+def _reset(job: RunJob, prefix: str) -> None:
+    st.session_state[f"{prefix}.refusal"] = job.reset()
+
+
+def _progress_text(job: RunJob) -> str:
+    return f"Merging: {job.message} (it goes on if you leave this page)"
+
+
+def follow(job: RunJob, shown: int, bar) -> None:
+    """After the page is drawn: keep the progress bar fresh while the job runs, and rerun the page
+    (every chart) when a step is done. Each update lets Streamlit take a pending click (Stop, a page
+    link), at the latest when the next method of the step starts."""
+    drawn = (job.fraction, job.message)
+    while job.running and job.steps_done == shown:
+        time.sleep(0.2)
+        if (job.fraction, job.message) != drawn:  # (redrawn only on change: the browser stays responsive)
+            drawn = (job.fraction, job.message)
+            bar.progress(job.fraction, text=_progress_text(job))
+    st.rerun()
+
+
 def merge_controls(run: appstate.MultiRun, prefix: str) -> None:
-    """'Merge next task' / 'Run to the end' / 'Reset', with progress while it works.
+    """'Merge next task' / 'Run to the end' / 'Stop' / 'Reset' over the run's background job.
 
-    A click is read from session state before the buttons are drawn, so the buttons and the
-    step counter drawn afterwards already show the state after the step.
+    A click starts work in the job and returns; while it runs the buttons are off and, once the
+    page is drawn, `follow` waits for the step and reruns the whole page (every chart redrawn). A click
+    carries the step the page showed, so a stale click (double click) is refused with a reason.
     """
-    controls = st.container()
-    clicked = {name: bool(st.session_state.get(f"{prefix}.{name}")) for name in ("step", "end", "reset")}
-    if clicked["reset"]:
-        run.reset()
-    if clicked["step"] or clicked["end"]:
-        bar = st.progress(0.0, text="merging…")
-
-        def update(message: str, fraction: float) -> None:
-            bar.progress(min(max(fraction, 0.0), 1.0), text=message)
-
-        try:
-            run.run_to_end(update) if clicked["end"] else run.step(update)
-        except Exception as error:  # e.g. a rejected task: the run keeps its last good state
-            st.error(f"The merge step failed: {type(error).__name__}: {error}")
-        bar.empty()
+    job = _JOBS[id(run)]
+    busy, done, total = job.running, run.steps_done, len(run.order)
     # buttons sized to their labels in a row that wraps (fixed columns clipped them to "Merge…" at 1000 px)
-    buttons = controls.container(horizontal=True, gap="small")
-    buttons.button("Merge next task", key=f"{prefix}.step", type="primary", disabled=run.finished)
-    buttons.button("Run to the end", key=f"{prefix}.end", disabled=run.finished)
-    buttons.button("Reset", key=f"{prefix}.reset", disabled=run.steps_done == 0)
+    buttons = st.container(horizontal=True, gap="small")
+    buttons.button("Merge next task", key=f"{prefix}.step", type="primary", disabled=run.finished or busy,
+                   on_click=_request, args=(job, prefix, done, 1))
+    buttons.button("Run to the end", key=f"{prefix}.end", disabled=run.finished or busy,
+                   on_click=_request, args=(job, prefix, done, None))
+    buttons.button("Stop", key=f"{prefix}.stop", disabled=not busy, on_click=job.stop,
+                   help="End a running 'Run to the end' after the step in progress")
+    buttons.button("Reset", key=f"{prefix}.reset", disabled=done == 0 or busy, on_click=_reset,
+                   args=(job, prefix))
     upcoming = run.next_task()
-    controls.markdown(
-        f"**Step {run.steps_done} / {len(run.order)}** · "
+    st.markdown(
+        f"**Step {done} / {total}** · "
         + (f"next task: `{upcoming}`" if upcoming else "all tasks merged")
         + (f" · last step took {run.last_step_seconds:.2f} s ({run.last_step_cpu_seconds:.2f} s CPU)"
            if run.last_step_seconds else "")
     )
+    refusal = st.session_state.get(f"{prefix}.refusal")
+    if refusal:
+        st.warning(refusal)
+    if job.error:
+        st.error(f"The merge step failed: {job.error}")
+    if job.stopped_at is not None and not busy:
+        st.info(f"Stopped after step {job.stopped_at} (Stop pressed); 'Run to the end' goes on from there.")
+    if job.interrupted_at is not None and not busy:
+        st.info(f"This run was heading for step {job.target} when the server stopped; it stopped at step "
+                f"{job.interrupted_at}. 'Run to the end' goes on from there.")
+    if busy:
+        bar = st.empty()
+        bar.progress(job.fraction, text=_progress_text(job))
+        nav.after_page(lambda: follow(job, done, bar))
     for message in run.messages:
         st.warning(message)

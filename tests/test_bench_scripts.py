@@ -38,6 +38,29 @@ def test_the_zoo_build_benchmark_builds_the_micro_zoo_and_cleans_up(tmp_path):
     assert again.returncode == 2 and "not empty" in again.stderr  # never builds over an existing cache
 
 
+def test_the_zoo_study_prints_and_records_one_row_per_variant(tmp_path):
+    import json
+
+    out = tmp_path / "study.jsonl"
+    result = _run("bench/zoo_study.py", "--quick", "--cache", str(tmp_path / "cache"), "--orders", "1",
+                  "--variant", "default", "--variant", "head_scale=15,finetune_steps=20", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["overrides"] for row in rows] == [{}, {"head_scale": 15.0, "finetune_steps": 20}]
+    for row in rows:
+        assert row["variant"] in result.stdout
+        assert 0 <= row["pretrained"] <= 100 and 0 <= row["individual"] <= 100
+        assert set(row["acc"]) == {"task_arithmetic", "opcm", "nufilt", "naive", "null_space_only", "no_filter",
+                                   "lora_only"}
+        gap = row["individual"] - row["pretrained"]
+        assert row["recovered"] == pytest.approx((row["acc"]["nufilt"] - row["pretrained"]) / gap)
+        assert 0 <= row["affinity_off_diagonal"] <= 1 and 0 <= row["affinity_diagonal"] <= 1
+    # the second variant changes only heads and fine-tuning: same pre-trained encoder, other heads
+    assert rows[0]["individual"] != rows[1]["individual"]
+    bad = _run("bench/zoo_study.py", "--quick", "--cache", str(tmp_path / "cache"), "--variant", "widht=3")
+    assert bad.returncode == 2 and "widht" in bad.stderr
+
+
 def test_the_app_step_benchmark_prints_a_row_per_step_whose_parts_fit_in_it(micro_zoo_dir):
     import os
 

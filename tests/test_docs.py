@@ -39,11 +39,20 @@ NOT_RUN = {
     "python -m pytest": "this test suite itself",
     "streamlit run app.py": "tests/e2e/test_app_browser.py starts exactly this command",
     "bash bench/gpu_check.sh": "needs a CUDA device; the merge core it times runs on the CPU in tests/methods",
+    "ray start --head --port 6379": "starts a Ray cluster; tests/test_grid.py runs the grid on a Ray session",
+    "python -m nufilt run --tasks 20 --orders all --methods all,ablations --ray-address 127.0.0.1:6379 --out "
+    "tiny-vit-20.json": "needs the cluster of the line above; tests/test_cli_errors.py checks --ray-address",
+    "python -m nufilt analyze --tasks 8 --sweep r_p,r_l --workers 2 --out analysis.json":
+        "minutes of analysis; tests/test_grid.py runs a sweep on 2 workers against the in-process sweep",
 }
 # benchmarks that take 3-12 minutes: their flags are checked against the script's --help here,
 # their --quick variants run in tests/test_bench_scripts.py
-# (docs/screenshots.py starts the app and a browser for minutes; tests/e2e drives the same app)
-LONG_SCRIPTS = ("bench/merge_speed.py", "bench/memory.py", "bench/zoo_build.py", "docs/screenshots.py")
+# (docs/screenshots.py and bench/first_step.py start the app and a browser for minutes; tests/e2e drives
+# the same app)
+LONG_SCRIPTS = (
+    "bench/merge_speed.py", "bench/memory.py", "bench/zoo_build.py", "bench/grid_workers.py", "bench/zoo_study.py",
+    "docs/screenshots.py", "bench/first_step.py",
+)
 
 
 def _code(path: Path) -> list[tuple[str, str]]:

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from nufilt.io import (
@@ -111,3 +112,19 @@ def test_merge_core_accepts_lazy_mappings(tmp_path):
     (plain_merged,) = continual_merge(pretrained, [task], "task_arithmetic", layers="all")
     assert all(torch.equal(lazy_merged[k], plain_merged[k]) for k in plain_merged)
     assert torch.equal(open_checkpoint(tmp_path / "pre.safetensors")["layer.weight"], pretrained["layer.weight"])
+
+
+def test_shapes_come_from_the_header_without_reading_tensors(tmp_path):
+    """Layout matching compares shapes of many tensors; a safetensors header records them, so
+    no tensor is read for it (the file is cut after opening: any tensor read would now fail)."""
+    path = tmp_path / "model.safetensors"
+    save_file(state(), str(path))
+    lazy = open_checkpoint(path)
+    path.write_bytes(b"")
+    assert lazy.shape("layer.weight") == (6, 4) and lazy.shape("steps") == ()
+    renamed = lazy.renamed({"w": "layer.weight"})
+    assert renamed.known_shape("w") == (6, 4)
+    with pytest.raises(SafetensorError):
+        lazy["layer.weight"]
+    in_memory = LazyStateDict({"x": (state().__getitem__, "layer.bias")})
+    assert in_memory.known_shape("x") is None and in_memory.shape("x") == (6,)  # read when unknown

@@ -12,11 +12,12 @@ import pandas as pd
 
 from ..backbones.base import Backbone
 from ..evaluation import check_order, paper_orders
+from ..grid import Workers, run_grid
 from .activations import DEFAULT_SAMPLES, SOURCES, clamp_samples, selected_layers, task_statistics
 from .affinity import KINDS, affinity_matrix, affinity_table, diagonal_dominance, vector_bases
 from .dynamics import analyze_dynamics
 from .runs import CachedBackbone
-from .sweeps import rank_sweep, summarize_sweep
+from .sweeps import summarize_sweep, sweep_grid, sweep_table
 
 DEFAULT_METHODS = ("nufilt", "task_arithmetic", "opcm")
 TRACE_TABLES = ("steps", "layers", "spectra", "loss_curves")
@@ -44,12 +45,13 @@ def analyze(
     sweeps: Sequence[str] = (),
     cache_dir: str | Path | None = None,
     progress: Callable[[str, float], None] | None = None,
+    workers: Workers | None = None,
     **common: Any,
 ) -> dict[str, Any]:
     """Affinity (Fig. 2), stability/plasticity (Fig. 5), Corollary 1, the trace and optional sweeps (Fig. 4).
 
     `order` defaults to the paper's first order for 8/14/20 tasks, else the backbone's task list.
-    `common` (device, seed) goes to every merge.
+    `common` (device, seed) goes to every merge. `workers`: run the sweeps' points on Ray (`nufilt.grid`).
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
@@ -112,19 +114,19 @@ def analyze(
         "step_spectra": records(dynamics.geometry["step_spectra"]),
         "step_geometry_summary": records(dynamics.geometry_summary()),
     }
-    if sweeps:
+    if sweeps:  # every point of every sweep in one grid (on Ray: each worker loads the models once)
         start = time.perf_counter()
-        rows = []
-        for i, parameter in enumerate(sweeps):
-            report(f"rank sweep {parameter}", 0.6 + 0.4 * i / len(sweeps))
-            share = (i, len(sweeps))
+        report("rank sweeps", 0.6)
+        points = [point for parameter in sweeps for point in sweep_grid(backbone, parameter, orders=[order], **common)]
 
-            def sweep_progress(message: str, fraction: float, share: tuple[int, int] = share) -> None:
-                report(f"rank sweep: {message}", 0.6 + 0.4 * (share[0] + fraction) / share[1])
+        def sweep_progress(message: str, fraction: float) -> None:
+            report(f"rank sweeps: {message}", 0.6 + 0.4 * fraction)
 
-            rows.append(rank_sweep(backbone, parameter, orders=[order], progress=sweep_progress, **common))
-        sweep_table = pd.concat(rows, ignore_index=True)
-        document["sweeps"] = {"summary": records(summarize_sweep(sweep_table)), "runs": records(sweep_table)}
+        grid = run_grid([point.cell for point in points], workers, backbone, sweep_progress)
+        sweep_rows = sweep_table(points, grid.values)
+        document["sweeps"] = {"summary": records(summarize_sweep(sweep_rows)), "runs": records(sweep_rows)}
+        if grid.workers:
+            document["workers"] = grid.record()
         timings["sweeps"] = time.perf_counter() - start
     document["timings"] = timings
     report("analysis done", 1.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -19,6 +20,7 @@ import pandas as pd
 from ..backbones.base import Backbone
 from ..engine import RunEngine
 from ..evaluation import MethodSpec, acc_bwt, paper_orders
+from ..grid import Cell, Workers, run_grid
 from .activations import selected_layers
 from .runs import CachedBackbone, resolve_spec
 
@@ -77,23 +79,33 @@ def acc_bwt_run(backbone: Backbone, spec: MethodSpec, order: Sequence[str]) -> d
     return {"acc": acc, "bwt": bwt, "merge_seconds": merge_seconds, "eval_seconds": eval_seconds}
 
 
-def rank_sweep(
+def sweep_point(backbone: Backbone, spec: MethodSpec, order: Sequence[str]) -> dict[str, float]:
+    """`acc_bwt_run` plus its wall-clock `seconds`: one cell of a sweep grid (`nufilt.grid`)."""
+    start = time.perf_counter()
+    run = acc_bwt_run(backbone, spec, order)
+    return {**run, "seconds": time.perf_counter() - start}
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """A cell of a sweep grid and where its row goes."""
+
+    cell: Cell
+    parameter: str
+    value: int
+    order: int  # 1-based index into the sweep's orders
+
+
+def sweep_grid(
     backbone: Backbone,
     parameter: str,
     values: Sequence[int] | None = None,
     fixed: Mapping[str, int] | None = None,
     orders: Sequence[Sequence[str]] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
-    progress: Callable[[str, float], None] | None = None,
     **common: Any,
-) -> pd.DataFrame:
-    """ACC and BWT of NUFILT for each value of `parameter` ("r_p", "r_l" or "r_v").
-
-    `values` / `fixed` default to `sweep_settings` for the backbone's width; `orders` to the
-    paper's first order (or the task list when the task count has no paper orders). Other
-    NUFILT options come from the paper, the backbone's recommendations and `overrides`.
-    Returns one row per (value, order) with `SWEEP_COLUMNS`; `summarize_sweep` averages orders.
-    """
+) -> list[SweepPoint]:
+    """The points of `rank_sweep` (same arguments), not run yet; `sweep_table` makes their rows."""
     default_values, default_fixed = sweep_settings(parameter, layer_width(backbone))
     values = default_values if values is None else [int(v) for v in values]
     fixed = {**default_fixed, **(fixed or {})}
@@ -103,22 +115,48 @@ def rank_sweep(
         orders = paper_orders(names, [1])
     if not values or not orders:
         raise ValueError("a sweep needs at least one value and one task order")
-    cached = CachedBackbone(backbone)
-    rows = []
-    total = len(values) * len(orders)
-    for i, value in enumerate(values):
+    points = []
+    for value in values:
         options = {**dict((overrides or {}).get("nufilt", {})), **fixed, parameter: value}
-        spec = resolve_spec(cached, "nufilt", len(orders[0]), {**(overrides or {}), "nufilt": options}, **common)
+        spec = resolve_spec(backbone, "nufilt", len(orders[0]), {**(overrides or {}), "nufilt": options}, **common)
         for j, order in enumerate(orders):
-            start = time.perf_counter()
-            run = acc_bwt_run(cached, spec, order)
-            ranks = {name: spec.options[name] for name in ("r_p", "r_l", "r_v")}
-            rows.append({"parameter": parameter, "value": value, "order": j + 1, **ranks, "acc": run["acc"],
-                         "bwt": run["bwt"], "seconds": time.perf_counter() - start,
-                         "merge_seconds": run["merge_seconds"], "eval_seconds": run["eval_seconds"]})
-            if progress:
-                progress(f"{parameter}={value}, order {j + 1}: ACC {run['acc']:.1f}", (i * len(orders) + j + 1) / total)
+            cell = Cell(sweep_point, spec, tuple(order), f"{parameter}={value}, order {j + 1}")
+            points.append(SweepPoint(cell, parameter, value, j + 1))
+    return points
+
+
+def sweep_table(points: Sequence[SweepPoint], runs: Sequence[Mapping[str, float]]) -> pd.DataFrame:
+    """One row per point with `SWEEP_COLUMNS`, from the points' `sweep_point` results."""
+    rows = []
+    for point, run in zip(points, runs, strict=True):
+        ranks = {name: point.cell.spec.options[name] for name in ("r_p", "r_l", "r_v")}
+        rows.append({"parameter": point.parameter, "value": point.value, "order": point.order, **ranks, **run})
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
+
+
+def rank_sweep(
+    backbone: Backbone,
+    parameter: str,
+    values: Sequence[int] | None = None,
+    fixed: Mapping[str, int] | None = None,
+    orders: Sequence[Sequence[str]] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: Callable[[str, float], None] | None = None,
+    workers: Workers | None = None,
+    **common: Any,
+) -> pd.DataFrame:
+    """ACC and BWT of NUFILT for each value of `parameter` ("r_p", "r_l" or "r_v").
+
+    `values` / `fixed` default to `sweep_settings` for the backbone's width; `orders` to the
+    paper's first order (or the task list when the task count has no paper orders). Other
+    NUFILT options come from the paper, the backbone's recommendations and `overrides`.
+    Points run here one after another, or with `workers` as a Ray grid (`nufilt.grid`).
+    Returns one row per (value, order) with `SWEEP_COLUMNS`; `summarize_sweep` averages orders.
+    """
+    cached = CachedBackbone(backbone)
+    points = sweep_grid(cached, parameter, values, fixed, orders, overrides, **common)
+    grid = run_grid([point.cell for point in points], workers, cached, progress)
+    return sweep_table(points, grid.values)
 
 
 def summarize_sweep(table: pd.DataFrame) -> pd.DataFrame:

@@ -11,6 +11,11 @@ Cache layout (all under `cache_dir`, see `nufilt.cache`; each <key> hashes a con
     tiny-vit-<pretrain key>/heads-<key>/             heads.safetensors, heads.json
     tiny-vit-<pretrain key>/finetuned-<key>/<task>/  encoder/ (save_pretrained), task.json
     tiny-vit-<pretrain key>/finetuned-<key>/manifest.json   tasks, classes, accuracies, config
+
+Shipped encoders (`SHIPPED_DIR`, in the repository): `tiny-vit-<pretrain key>.safetensors` with
+`tiny-vit-<pretrain key>.json` beside it (pre-training config, sha256, seconds) are encoders this
+module pre-trained (`ship_pretrained`). A cache without the encoder copies a shipped one whose key,
+config and sha256 match instead of pre-training; any other config pre-trains as before.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -32,12 +38,15 @@ from tqdm.auto import tqdm
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from ..cache import (
+    CacheWarning,
     atomic_save_tensors,
+    atomic_write_bytes,
     atomic_write_json,
     check_integrity,
     config_hash,
     default_cache_dir,
     ensure_entry,
+    file_sha256,
 )
 from .config import ZooConfig
 from .tasks import make_split, stable_seed, task_spec
@@ -275,7 +284,7 @@ def task_vector_ratio(pretrained: Mapping[str, torch.Tensor], finetuned: Mapping
 
 def zoo_folder(config: ZooConfig, cache_dir: str | Path | None = None) -> Path:
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / f"tiny-vit-{config_hash(config.stage_fields('pretrain'))}"
+    return root / f"tiny-vit-{pretrain_key(config)}"
 
 
 def pretrained_folder(config: ZooConfig, cache_dir: str | Path | None = None) -> Path:
@@ -306,25 +315,114 @@ def load_heads(folder: str | Path) -> dict[str, Head]:
     return {name: (tensors[f"{name}.weight"], tensors[f"{name}.bias"]) for name in names}
 
 
+SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
+ENV_SHIPPED = "NUFILT_ZOO_SHIPPED"  # "0": ignore shipped encoders and pre-train (to re-make or check them)
+
+
+def pretrain_key(config: ZooConfig) -> str:
+    """The hash of the pre-training stage: names the cache folder and the shipped encoder."""
+    return config_hash(config.stage_fields("pretrain"))
+
+
+def _jsonable(value: object) -> object:
+    """`value` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value, default=list))
+
+
+def shipped_files(config: ZooConfig, shipped_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """(weights, info) paths of the shipped encoder for `config`, whether or not they exist."""
+    folder = Path(shipped_dir) if shipped_dir is not None else SHIPPED_DIR
+    stem = f"tiny-vit-{pretrain_key(config)}"
+    return folder / f"{stem}.safetensors", folder / f"{stem}.json"
+
+
+def shipped_encoder(config: ZooConfig, shipped_dir: str | Path | None = None) -> tuple[Path, dict] | None:
+    """The shipped encoder of `config` and its info, if one matches its pre-training stage.
+
+    None when `$NUFILT_ZOO_SHIPPED` is "0", when no file carries this config's key, or when the
+    recorded config differs; a file whose sha256 differs from the recorded one is reported (a
+    `CacheWarning`) and not used.
+    """
+    if os.environ.get(ENV_SHIPPED, "").strip() == "0":
+        return None
+    weights, info_path = shipped_files(config, shipped_dir)
+    if not (weights.is_file() and info_path.is_file()):
+        return None
+    info = json.loads(info_path.read_text())
+    if info.get("pretrain_key") != pretrain_key(config) or info.get("config") != _jsonable(
+        config.stage_fields("pretrain")
+    ):
+        return None
+    if file_sha256(weights) != info.get("sha256"):
+        warnings.warn(f"shipped encoder {weights} does not match its recorded sha256; pre-training instead",
+                      CacheWarning, stacklevel=2)
+        return None
+    return weights, info
+
+
 def ensure_pretrained(
     config: ZooConfig,
     cache_dir: str | Path | None = None,
     data: TaskData | None = None,
     progress: ProgressFn = _no_progress,
 ) -> Path:
-    """The verified folder of the pre-trained encoder (built if needed)."""
+    """The verified folder of the pre-trained encoder (built if needed: copied from a matching
+    shipped encoder, else pre-trained)."""
     data = data or TaskData(config)
 
     def build(folder: Path) -> None:
-        start = time.perf_counter()
-        with _build_threads():
-            encoder = pretrain(config, data, progress)
-        seconds = time.perf_counter() - start
-        _save_encoder(config, encoder.state_dict(), folder / "encoder")
-        atomic_write_json(folder / "pretrained.json", {"config": config.stage_fields("pretrain"), "seconds": seconds})
+        shipped = shipped_encoder(config)
+        if shipped is not None:
+            weights, info = shipped
+            progress(f"pre-trained encoder from {weights.name} (shipped)", 1.0)
+            state, seconds, source = load_file(weights), info["seconds"], "shipped"
+        else:
+            start = time.perf_counter()
+            with _build_threads():
+                state = pretrain(config, data, progress).state_dict()
+            seconds, source = time.perf_counter() - start, "pre-trained"
+        _save_encoder(config, state, folder / "encoder")
+        atomic_write_json(folder / "pretrained.json",
+                          {"config": config.stage_fields("pretrain"), "seconds": seconds, "source": source})
 
     folder, _ = ensure_entry(pretrained_folder(config, cache_dir), build)
     return folder
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def ship_pretrained(
+    config: ZooConfig, cache_dir: str | Path | None = None, shipped_dir: str | Path | None = None
+) -> Path:
+    """Copy the cache's encoder of `config` to the shipped files (weights + info); returns the
+    weights' path. The encoder must have been pre-trained in that cache, not copied from a
+    shipped file: run with `$NUFILT_ZOO_SHIPPED=0` into an empty cache."""
+    folder = ensure_pretrained(config, cache_dir)
+    info = json.loads((folder / "pretrained.json").read_text())
+    if info.get("source", "pre-trained") != "pre-trained":  # entries made before "source" were pre-trained
+        raise ValueError(f"the encoder in {folder} was not pre-trained there (source {info.get('source')!r}); "
+                         f"build it with {ENV_SHIPPED}=0 into an empty cache")
+    weights, info_path = shipped_files(config, shipped_dir)
+    atomic_write_bytes(weights, (folder / "encoder" / "model.safetensors").read_bytes())
+    atomic_write_json(info_path, {
+        "pretrain_key": pretrain_key(config),
+        "config": config.stage_fields("pretrain"),
+        "sha256": file_sha256(weights),
+        "seconds": info["seconds"],
+        "torch": torch.__version__,
+        "cpu": _cpu_name(),  # the weights are reproducible per CPU kind (docs/benchmark.md)
+    })
+    return weights
 
 
 def ensure_heads(
@@ -469,7 +567,8 @@ def build_zoo(
     root = finetuned_root(config, cache_dir)
     missing = [t for t in tasks if check_integrity(root / t, deep=False) is not None]
     workers = build_workers(config, len(missing)) if workers is None else min(workers, len(missing))
-    pre_share = pretrain_share(config, not pretrained_folder(config, cache_dir).exists(), len(missing), max(workers, 1))
+    pretrain_needed = not pretrained_folder(config, cache_dir).exists() and shipped_encoder(config) is None
+    pre_share = pretrain_share(config, pretrain_needed, len(missing), max(workers, 1))
     heads = ensure_heads(config, cache_dir, data, lambda message, f: progress(message, pre_share * f))
     if workers > 1:
         progress(f"starting {workers} processes to fine-tune {len(missing)} task models", pre_share)

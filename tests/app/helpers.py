@@ -50,3 +50,16 @@ def forget_session_resources() -> None:
     from streamlit.runtime.caching import cache_resource_api
 
     cache_resource_api._resource_caches.clear_session("test session id")
+
+
+def settle(at, timeout: float = 120.0):
+    """Wait for the background merge jobs of the app (`ui.job_for`), then run the script again:
+    a click only starts the work; the page shows its result on the next run."""
+    import time
+
+    from pages import ui
+
+    deadline = time.monotonic() + timeout
+    for job in list(ui._JOBS.values()):
+        job.wait(max(deadline - time.monotonic(), 0.0))
+    return at.run()

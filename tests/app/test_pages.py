@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.app.helpers import APP, assert_clean, chart, chart_titles, forget_session_resources, values
+from tests.app.helpers import APP, assert_clean, chart, chart_titles, forget_session_resources, settle, values
 
 MERGE_CHARTS = ("Accuracy matrix", "ACC and BWT so far", "Per-task accuracy", "Energy removed", "LoRA loss")
 
@@ -92,7 +92,7 @@ def test_merge_page_steps_change_the_accuracy_matrix(app):
         assert any(t.startswith(expected) for t in titles), (expected, titles)
     assert heatmap_cells(app) == []  # no step yet
 
-    app.button(key="merge.step").click().run()
+    settle(app.button(key="merge.step").click().run())
     assert_clean(app)
     after = heatmap_cells(app)
     assert len(after) == 2 and all(0 <= cell <= 100 for cell in after)  # a_1(θ̄_1) of each method
@@ -100,7 +100,7 @@ def test_merge_page_steps_change_the_accuracy_matrix(app):
     assert len(app.metric) == 2  # ACC/BWT of nufilt and opcm
     assert all(m.label.endswith("after 1 task") and not m.delta for m in app.metric)  # no BWT at step 1
 
-    app.button(key="merge.end").click().run()
+    settle(app.button(key="merge.end").click().run())
     assert_clean(app)
     assert any("Step 3 / 3" in m.value for m in app.markdown)
     assert all(m.label.endswith("after 3 tasks") and "BWT" in m.delta for m in app.metric)
@@ -115,7 +115,7 @@ def test_merge_page_steps_change_the_accuracy_matrix(app):
 
 def test_every_chart_offers_its_data_as_csv(app):
     open_page(app, "merge")
-    app.button(key="merge.step").click().run()
+    settle(app.button(key="merge.step").click().run())
     keys = {button.key for button in app.get("download_button")}
     for name in ("accuracy_matrix", "acc_bwt", "task_accuracy", "removed_energy", "lora_loss"):
         assert f"csv.{name}" in keys
@@ -124,7 +124,7 @@ def test_every_chart_offers_its_data_as_csv(app):
 
 def test_the_merged_model_can_be_saved_to_a_folder(app, tmp_path, monkeypatch):
     open_page(app, "merge")
-    app.button(key="merge.step").click().run()
+    settle(app.button(key="merge.step").click().run())
     target = tmp_path / "merged"
     app.text_input(key="merge.folder").set_value(str(target)).run()
     app.button(key="merge.save").click().run()  # tmp_path is outside the folder the server started in
@@ -151,7 +151,7 @@ def test_folder_inputs_are_confined_to_the_allowed_roots(app, tmp_path, monkeypa
     open_page(app, "setup")
     app.selectbox(key="setup.backbone").set_value("tiny-vit").run()
     open_page(app, "merge")
-    app.button(key="merge.step").click().run()
+    settle(app.button(key="merge.step").click().run())
     assert not [t for t in app.text_input if t.key == "merge.folder"]
     assert any("Saving to a folder on the server is off" in c.value for c in app.caption)
 
@@ -171,9 +171,9 @@ def test_geometry_page_draws_affinity_heatmaps_and_ecdfs(app):
 
     app.radio(key="geometry.kind").set_value("mlp").run()
     assert_clean(app)
-    app.number_input(key="geometry.r_d").set_value(9).run()  # r_d > r_v is not allowed (Eq. 5)
-    assert not app.exception
-    assert any("r_d" in e.value for e in app.error)
+    app.number_input(key="geometry.r_d").set_value(100000).run()  # r_d > r_v: clamped (Eq. 5), like r_v
+    assert_clean(app)
+    assert any("r_d=100000" in w.value and "clamped to 8" in w.value for w in app.warning)
 
 
 def test_without_task_data_the_geometry_page_shows_the_data_free_view_with_a_note(app):
@@ -197,7 +197,7 @@ def test_a_merge_step_adds_a_column_to_the_live_geometry_heatmap(app):
         if step == 2:  # angles and spectra are off by default (they cost a step time); on from step 2
             assert any("turn them on" in c.value for c in app.caption)
             app.toggle(key="geometry.spectra").set_value(True).run()
-        app.button(key="geometry.step").click().run()
+        settle(app.button(key="geometry.step").click().run())
         assert_clean(app)
         spec = chart(app, "update affinity")
         assert len(spec["data"]) == 2  # one heatmap per method (nufilt, opcm), one colour scale
@@ -231,8 +231,8 @@ def test_a_merge_step_adds_a_column_to_the_live_geometry_heatmap(app):
 def test_stability_page_shows_both_losses_after_two_steps(app):
     open_page(app, "stability")
     assert_clean(app)
-    app.button(key="stability.step").click().run()
-    app.button(key="stability.step").click().run()
+    settle(app.button(key="stability.step").click().run())
+    settle(app.button(key="stability.step").click().run())
     assert_clean(app)
     lines = chart(app, "Stability, plasticity")
     assert {trace["name"] for trace in lines["data"]} == {"nufilt", "opcm"}
@@ -265,9 +265,26 @@ def test_ranks_page_computes_points_once_and_reuses_them(app):
     assert max(values(curve["data"][0]["x"])) < 100000  # plotted where it was computed: the layer size
 
 
+@pytest.mark.slow
+def test_ranks_page_computes_its_points_on_two_ray_workers(app, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("NUFILT_APP_WORKERS", "2")
+    open_page(app, "ranks")
+    app.text_input(key="ranks.values.r_p").set_value("0, 4").run()
+    try:
+        app.button(key="ranks.compute").click().run(timeout=300)
+        assert ray.is_initialized()  # the grid ran on Ray, whose session the app keeps for the next job
+    finally:
+        ray.shutdown()
+    assert_clean(app)
+    assert values(chart(app, "NUFILT rank sensitivity: r_p")["data"][0]["x"]) == [0, 4]
+    monkeypatch.setenv("NUFILT_APP_WORKERS", "0")  # the points are cached: adding one computes only it
+    app.text_input(key="ranks.values.r_p").set_value("0, 4, 8").run()
+    assert [b.label for b in app.button if b.key == "ranks.compute"][0].startswith("Compute 1 missing point(s)")
+
 def test_paper_page_compares_the_run_qualitatively_on_the_embedded_zoo(app):
     open_page(app, "merge")
-    app.button(key="merge.end").click().run()
+    settle(app.button(key="merge.end").click().run())
     open_page(app, "paper")
     assert_clean(app)
     assert any("qualitative" in w.value for w in app.warning)

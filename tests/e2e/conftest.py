@@ -53,6 +53,7 @@ def app_url(micro_zoo_dir, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
     env = {**os.environ, "NUFILT_ZOO_PRESET": "micro", "NUFILT_CACHE_DIR": str(micro_zoo_dir),
+           "NUFILT_RUNS_DIR": str(tmp_path_factory.mktemp("runs")),  # this server's saved runs only
            "NUFILT_TEST_THREADS": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
                f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",

@@ -99,21 +99,22 @@ def nav_link_texts(driver) -> list[str]:
     return list(driver.execute_script(script) or [])
 
 
-def test_a_deep_link_to_a_fresh_server_gets_the_apps_navigation(browser, app_url):
+def test_a_deep_link_to_a_fresh_server_opens_its_page_with_its_choices(browser, app_url):
     """Runs first, on the just-started server: Streamlit would serve `pages/merge.py` alone (legacy
-    multipage mode) to a first visitor of `/merge`; `pages/nav.py` routes the visit through `app.py`."""
-    browser.get(f"{app_url}/merge")
+    multipage mode) to a first visitor of `/merge`; `pages/nav.py` routes the visit through `app.py`,
+    which opens the Merge page with the link's Setup choices."""
+    browser.get(f"{app_url}/merge?methods=nufilt,task_arithmetic")
     start = time.perf_counter()
-    links: list[str] = []
-    while time.perf_counter() - start < 60:
-        links = nav_link_texts(browser)
-        if any(link.endswith("Setup") for link in links):
-            break
+    while time.perf_counter() - start < 90 and "Merge step by step" not in browser.page_source:
         time.sleep(0.2)
     wait_idle(browser)
     links = nav_link_texts(browser)
     assert any(link.endswith("Compare with the paper") for link in links), links
     assert not any(link in ("ui", "nav", "app") for link in links), f"legacy page list shown: {links}"
+    assert "Merge step by step" in browser.page_source, "the deep link landed elsewhere"
+    assert "methods: nufilt, task_arithmetic" in browser.page_source  # the sidebar's summary of the choices
+    assert "methods=nufilt%2Ctask_arithmetic" in browser.current_url or "methods=nufilt,task_arithmetic" in (
+        browser.current_url)
     assert_healthy(browser, "deep link")
 
 
@@ -146,6 +147,7 @@ def test_every_page_renders_and_a_merge_step_updates_the_charts(browser, app_url
             before = _heatmap_values(browser)
             start = time.perf_counter()
             click_button(browser, "Merge next task")
+            wait_for_step(browser, 1)  # the step runs in the background; the page reruns when it is done
             wait_idle(browser)
             wait_for_charts(browser, charts)
             timings["merge_step_seconds"] = time.perf_counter() - start
@@ -154,6 +156,7 @@ def test_every_page_renders_and_a_merge_step_updates_the_charts(browser, app_url
             after = _heatmap_values(browser)
             assert after != before and any(v is not None for v in after), "the accuracy matrix did not change"
             click_button(browser, "Merge next task")
+            wait_for_step(browser, 2)
             wait_idle(browser)
             assert "Step 2 / 3" in browser.page_source
             assert rendered_charts(browser) >= charts
@@ -173,3 +176,151 @@ def _heatmap_values(driver) -> list:
     """
     values = driver.execute_script(script)
     return [cell for trace in values or [] for row in (trace or []) for cell in (row or [])]
+
+
+# ---------------------------------------------------------------- runs: streaming, reloads, clicks
+
+
+def page_state(driver) -> dict:
+    """The step counter ("Step k / N") and whether each button is enabled, read in one script call:
+    the page is redrawn after every step, and element handles taken before that go stale."""
+    return driver.execute_script("""
+        const match = document.body.innerText.match(/Step (\\d+) \\/ \\d+/);
+        const buttons = {};
+        for (const b of document.querySelectorAll('button')) { buttons[b.innerText.trim()] = !b.disabled; }
+        return {step: match ? parseInt(match[1]) : null, buttons: buttons};""")
+
+
+def step_shown(driver) -> int | None:
+    return page_state(driver)["step"]
+
+
+def busy(driver) -> bool:
+    return bool(page_state(driver)["buttons"].get("Stop"))
+
+
+def wait_for_step(driver, step: int, timeout: float = 120.0) -> None:
+    """Wait until the page shows `step` and no job runs (Stop is off)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        state = page_state(driver)
+        if state["step"] == step and not state["buttons"].get("Stop"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} not reached in {timeout} s (shown: {step_shown(driver)})")
+
+
+def click_exact(driver, text: str) -> None:
+    """Click the enabled button labelled exactly `text` (found and clicked in one script call)."""
+    clicked = driver.execute_script("""
+        const b = Array.from(document.querySelectorAll('button'))
+          .find(b => b.innerText.trim() === arguments[0] && !b.disabled);
+        if (b) { b.click(); return true; } return false;""", text)
+    assert clicked, f"no enabled button {text!r}"
+
+
+def open_run(driver, app_url: str, query: str) -> None:
+    """The Merge page of a run of its own (the query makes its configuration differ from the others)."""
+    driver.get(f"{app_url}/merge?{query}")
+    start = time.perf_counter()
+    while step_shown(driver) is None and time.perf_counter() - start < 90:
+        time.sleep(0.2)
+    wait_idle(driver)
+
+
+def test_run_to_the_end_redraws_the_charts_after_every_step_and_has_a_stop_button(browser, app_url):
+    open_run(browser, app_url, "methods=opcm,nufilt")  # a configuration no other test uses
+    assert step_shown(browser) == 0
+    matrices = {0: _heatmap_values(browser)}  # step shown -> the accuracy matrix drawn with it
+    click_exact(browser, "Run to the end")
+    stop_enabled = False
+    start = time.perf_counter()
+    while time.perf_counter() - start < 180:
+        state = page_state(browser)
+        step, running = state["step"], bool(state["buttons"].get("Stop"))
+        if step is not None and step > 0:  # the last matrix drawn while the step was shown (charts follow the text)
+            matrices[step] = _heatmap_values(browser)
+        stop_enabled = stop_enabled or running
+        if step == 3 and not running:
+            break
+        time.sleep(0.1)
+    assert 3 in matrices, sorted(matrices)
+    middle = [step for step in (1, 2) if step in matrices]
+    assert middle, f"no intermediate step was on screen: {sorted(matrices)}"
+    assert all(matrices[step] != matrices[0] for step in middle), "the charts were not redrawn mid-run"
+    assert stop_enabled, "Stop was never enabled during the run"
+    assert_healthy(browser, "run to the end")
+    (OUTPUT / "run_to_the_end.txt").write_text(f"steps on screen: {sorted(matrices)}\n")
+
+    names = _legend_names(browser, "Per-task accuracy")
+    for task in ("ring-count", "bar-position", "blob-quadrant"):  # the micro zoo's three tasks
+        assert any(task in name for name in names), f"task {task} missing from the per-task legend: {names}"
+    screenshot(browser, "run_to_the_end")
+
+
+def test_a_reload_restores_the_step_and_the_choices(browser, app_url):
+    open_run(browser, app_url, "methods=task_arithmetic,opcm")
+    for step in (1, 2):
+        click_exact(browser, "Merge next task")
+        wait_for_step(browser, step)
+    browser.refresh()
+    start = time.perf_counter()
+    while step_shown(browser) is None and time.perf_counter() - start < 90:
+        time.sleep(0.2)
+    wait_idle(browser)
+    assert step_shown(browser) == 2, "the reload lost the run's step"
+    assert "methods=task_arithmetic" in browser.current_url
+    assert "methods: task_arithmetic, opcm" in browser.page_source  # the sidebar's summary of the choices
+    assert_healthy(browser, "after a reload")
+
+
+def test_a_double_click_merges_the_one_step_it_asked_for_or_says_why_not(browser, app_url):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    open_run(browser, app_url, "methods=opcm,task_arithmetic")
+    button = next(b for b in _by_css(browser, "button") if b.text.strip() == "Merge next task")
+    ActionChains(browser).double_click(button).perform()
+    time.sleep(1.0)
+    wait_for_step(browser, 1)
+    wait_idle(browser)
+    refused = "the click was ignored" in browser.page_source or "nothing was merged" in browser.page_source
+    assert step_shown(browser) == 1, f"a double click on the step-0 page gave step {step_shown(browser)}"
+    (OUTPUT / "double_click.txt").write_text(f"steps=1 refusal_shown={refused}\n")
+    assert_healthy(browser, "after a double click")
+
+
+def test_no_button_text_is_clipped_at_1000_px(browser, app_url):
+    browser.set_window_size(1000, 2400)
+    try:
+        for number, link in enumerate(["Setup", *PAGES], start=1):
+            if link == "Setup":
+                browser.get(app_url)
+            else:
+                open_page(browser, link)
+            wait_idle(browser)
+            wait_for_charts(browser, 1, timeout=20)
+            clipped = browser.execute_script("""
+                return Array.from(document.querySelectorAll('button')).filter(b => b.offsetParent !== null)
+                  .flatMap(b => [b, ...b.querySelectorAll('p, div, span')])
+                  .filter(e => e.innerText && e.innerText.trim() && e.scrollWidth > e.clientWidth + 1)
+                  .map(e => e.innerText.trim());""")
+            assert not clipped, f"{link}: clipped button text at 1000 px: {clipped}"
+            screenshot(browser, f"w1000_{number}_{link.split()[0].lower()}")
+    finally:
+        browser.set_window_size(1500, 2400)
+
+
+def _legend_names(driver, title: str) -> list[str]:
+    script = """
+    const plots = document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot');
+    for (const plot of plots) {
+      const text = plot.layout && plot.layout.title && plot.layout.title.text;
+      if (text && text.startsWith(arguments[0])) {
+        return plot.data.filter(t => t.showlegend !== false).map(t => t.name || t.legendgroup || '');
+      }
+    }
+    return null;
+    """
+    names = driver.execute_script(script, title)
+    assert names is not None, f"no chart titled {title!r}"
+    return list(names)
