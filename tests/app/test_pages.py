@@ -179,7 +179,7 @@ def test_geometry_page_draws_affinity_heatmaps_and_ecdfs(app):
 def test_without_task_data_the_geometry_page_shows_the_data_free_view_with_a_note(app):
     app.checkbox(key="setup.track_losses").uncheck().run()  # no task statistics in this run
     open_page(app, "geometry")
-    app.button(key="geometry.step").click().run()
+    settle(app.button(key="geometry.step").click().run())
     assert_clean(app)
     assert any("data-free view" in i.value for i in app.info)
     free = chart(app, "update vs task vector")  # the only live heatmap: update_vector_affinity
