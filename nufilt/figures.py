@@ -436,16 +436,17 @@ def step_matrices(geometry: pd.DataFrame, value: str, order: Sequence[str]) -> d
 
 
 def _play_controls(steps: Sequence[int]) -> dict:
-    """A Plotly slider over `steps` (frames named by step) and a play/pause button that animates them."""
+    """A Plotly slider over `steps` (frames named by step) and, under it (a narrow plot has no room
+    beside it), play/pause buttons that animate them."""
     still = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}}
     slider = {
-        "active": len(steps) - 1, "currentvalue": {"prefix": "up to step "}, "pad": {"t": 75}, "x": 0.2,
-        "len": 0.8, "steps": [{"label": str(s), "method": "animate", "args": [[str(s)], still]} for s in steps],
+        "active": len(steps) - 1, "currentvalue": {"prefix": "up to step "}, "pad": {"t": 70}, "x": 0.0,
+        "len": 1.0, "steps": [{"label": str(s), "method": "animate", "args": [[str(s)], still]} for s in steps],
     }
     play = {"frame": {"duration": 800, "redraw": True}, "transition": {"duration": 0}, "fromcurrent": False}
     buttons = {
         "type": "buttons", "direction": "left", "showactive": False, "x": 0.0, "xanchor": "left", "y": 0,
-        "yanchor": "top", "pad": {"t": 100, "r": 10},
+        "yanchor": "top", "pad": {"t": 150, "r": 10},
         "buttons": [{"label": "▶ Play", "method": "animate", "args": [None, play]},
                     {"label": "❚❚ Pause", "method": "animate", "args": [[None], still]}],
     }
@@ -491,7 +492,7 @@ def step_geometry_heatmaps(geometry: pd.DataFrame, value: str, order: Sequence[s
                 data.append(go.Heatmap(z=upto, text=_labels(upto, "{:.2f}")))
             frames.append(go.Frame(data=data, traces=list(range(len(names))), name=str(step)))
         fig.frames = frames
-        fig.update_layout(**_play_controls(steps), height=420 + 22 * len(order), margin={"b": 150})
+        fig.update_layout(**_play_controls(steps), height=460 + 22 * len(order), margin={"b": 200})
     return fig
 
 

@@ -176,6 +176,18 @@ def test_geometry_page_draws_affinity_heatmaps_and_ecdfs(app):
     assert any("r_d=100000" in w.value and "clamped to 8" in w.value for w in app.warning)
 
 
+def test_without_task_data_the_geometry_page_shows_the_data_free_view_with_a_note(app):
+    app.checkbox(key="setup.track_losses").uncheck().run()  # no task statistics in this run
+    open_page(app, "geometry")
+    settle(app.button(key="geometry.step").click().run())
+    assert_clean(app)
+    assert any("data-free view" in i.value for i in app.info)
+    free = chart(app, "update vs task vector")  # the only live heatmap: update_vector_affinity
+    assert len(free["data"]) == 2 and values(free["data"][0]["x"]) == ["step 1"]
+    assert not any(title.startswith(("update affinity", "merged affinity")) for title in chart_titles(app))
+    assert chart(app, "update vs task vector ‖V(Δt)ᵀV(τi)‖²/r_v (data-free) over layers at step 1")["data"]
+
+
 def test_a_merge_step_adds_a_column_to_the_live_geometry_heatmap(app):
     open_page(app, "geometry")
     assert_clean(app)

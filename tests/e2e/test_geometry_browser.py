@@ -80,7 +80,8 @@ def test_two_merge_steps_on_the_geometry_page_add_a_column_and_an_animation_fram
     time.sleep(0.3)
     _wait_idle(browser)
     _healthy(browser)
-    toggles = [t for t in _elements(browser, 'label[data-baseweb="checkbox"]') if "Principal angles" in t.text]
+    toggles = [t for t in _elements(browser, '[data-testid="stCheckbox"]')  # Streamlit's toggles are checkboxes
+               if "Principal angles" in (t.text or t.get_attribute("aria-label") or "")]
     assert toggles, "no toggle for the principal angles and spectra"
     toggles[0].click()  # on before the first step: both steps get angles (from step 2) and spectra
     time.sleep(0.3)
@@ -99,4 +100,12 @@ def test_two_merge_steps_on_the_geometry_page_add_a_column_and_an_animation_fram
     titles = [f["title"] for f in browser.execute_script(FIGURES)]
     assert any("Principal angles" in title for title in titles) and any("Spectrum" in title for title in titles)
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(OUTPUT / "geometry_after_two_steps.png"))
+    size = browser.get_window_size()
+    try:
+        for width in (1600, 1000):  # the widths the docs' screenshots are checked at
+            browser.set_window_size(width, 2400)
+            time.sleep(1.0)  # Plotly redraws on resize
+            _healthy(browser)
+            browser.save_screenshot(str(OUTPUT / f"geometry_after_two_steps_{width}.png"))
+    finally:
+        browser.set_window_size(size["width"], size["height"])
