@@ -280,7 +280,8 @@ def test_run_to_the_end_redraws_the_charts_after_every_step_and_has_a_stop_butto
     assert 3 in filled, filled
     middle = [step for step in (1, 2) if step in filled]
     assert middle, f"no intermediate step was on screen: {filled}"  # before: nothing until the last step
-    assert filled[3] > 0 and all(filled[a] <= filled[b] for a, b in zip(sorted(filled), sorted(filled)[1:])), filled
+    steps = sorted(filled)
+    assert filled[3] > 0 and all(filled[a] <= filled[b] for a, b in zip(steps, steps[1:], strict=False)), filled
     # (whether the browser managed to draw the charts of steps 1-2 before the next step replaced them
     # depends on the machine's load: Chromium shares the two cores; the counts are written below)
     assert seen["stop"], "Stop was never enabled during the run"
