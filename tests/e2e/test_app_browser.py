@@ -285,6 +285,7 @@ def test_run_to_the_end_redraws_the_charts_after_every_step_and_has_a_stop_butto
     # (whether the browser managed to draw the charts of steps 1-2 before the next step replaced them
     # depends on the machine's load: Chromium shares the two cores; the counts are written below)
     assert seen["stop"], "Stop was never enabled during the run"
+    wait_idle(browser)
     assert_healthy(browser, "run to the end")
     (OUTPUT / "run_to_the_end.txt").write_text(f"filled accuracy-matrix cells per step on screen: {filled}\n")
 
@@ -357,6 +358,10 @@ def _legend_names(driver, title: str) -> list[str]:
     }
     return null;
     """
+    start = time.perf_counter()
     names = driver.execute_script(script, title)
+    while names is None and time.perf_counter() - start < 60:  # drawn after the page's last rerun
+        time.sleep(0.5)
+        names = driver.execute_script(script, title)
     assert names is not None, f"no chart titled {title!r}"
     return list(names)
