@@ -352,7 +352,7 @@ def _legend_names(driver, title: str) -> list[str]:
     const plots = document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot');
     for (const plot of plots) {
       const text = plot.layout && plot.layout.title && plot.layout.title.text;
-      if (text && text.startsWith(arguments[0])) {
+      if (text && text.includes(arguments[0])) {  // (titles arrive wrapped in <b>)
         return plot.data.filter(t => t.showlegend !== false).map(t => t.name || t.legendgroup || '');
       }
     }
@@ -360,8 +360,13 @@ def _legend_names(driver, title: str) -> list[str]:
     """
     start = time.perf_counter()
     names = driver.execute_script(script, title)
-    while names is None and time.perf_counter() - start < 60:  # drawn after the page's last rerun
-        time.sleep(0.5)
+    turn = 0
+    while names is None and time.perf_counter() - start < 90:  # charts below the fold are drawn when seen
+        driver.execute_script("""const charts = document.querySelectorAll('[data-testid="stPlotlyChart"]');
+                                 if (charts.length) { charts[arguments[0] % charts.length].scrollIntoView(); }""",
+                              turn)
+        turn += 1
+        time.sleep(1.0)
         names = driver.execute_script(script, title)
     assert names is not None, f"no chart titled {title!r}"
     return list(names)
