@@ -110,8 +110,9 @@ def main() -> int:
         wait_for(lambda: "Setup" in body_text(driver) and "Backbone" in body_text(driver), 120, "the Setup page")
         marks.append(("Setup page on screen", time.perf_counter() - start))
         if not args.quick:
-            click(driver, """return Array.from(document.querySelectorAll('[data-testid="stCheckbox"] label'))
-                               .find(l => l.innerText.includes('Quick demo')) || null;""", "the Quick demo control")
+            click(driver, """return Array.from(document.querySelectorAll('label'))
+                               .find(l => l.innerText.trim().startsWith('Quick demo')) || null;""",
+                  "the Quick demo control")
             marks.append(("Quick demo turned on", time.perf_counter() - start))
         wait_for(lambda: "task models ready" in body_text(driver), args.timeout, "the zoo build")
         marks.append(("models ready", time.perf_counter() - start))
