@@ -53,7 +53,7 @@ def body_text(driver) -> str:
 def click(driver, script: str, what: str) -> None:
     """Click the first element `script` (JavaScript returning an element or null) finds."""
     element = wait_for(lambda: driver.execute_script(script), 120, what)
-    driver.execute_script("arguments[0].click();", element)
+    element.click()  # a real click: the Quick demo switch (react-aria) ignores a scripted element.click()
 
 
 def main() -> int:
@@ -110,8 +110,9 @@ def main() -> int:
         wait_for(lambda: "Setup" in body_text(driver) and "Backbone" in body_text(driver), 120, "the Setup page")
         marks.append(("Setup page on screen", time.perf_counter() - start))
         if not args.quick:
-            click(driver, """return Array.from(document.querySelectorAll('[data-testid="stCheckbox"] label'))
-                               .find(l => l.innerText.includes('Quick demo')) || null;""", "the Quick demo control")
+            click(driver, """return Array.from(document.querySelectorAll('label'))
+                               .find(l => l.innerText.trim().startsWith('Quick demo')) || null;""",
+                  "the Quick demo control")
             marks.append(("Quick demo turned on", time.perf_counter() - start))
         wait_for(lambda: "task models ready" in body_text(driver), args.timeout, "the zoo build")
         marks.append(("models ready", time.perf_counter() - start))
@@ -123,11 +124,16 @@ def main() -> int:
                            .find(b => b.innerText.trim() === 'Merge next task' && !b.disabled) || null;""",
               "the Merge next task button")
         wait_for(lambda: re.search(r"Step 1 / \d+", body_text(driver)), args.timeout, "the first merge step")
-        wait_for(lambda: driver.execute_script("""
-            const plots = document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot');
-            return Array.from(plots).some(p => p.layout && p.layout.title && p.layout.title.text &&
-              p.layout.title.text.includes('Accuracy matrix') && p.data.some(t => (t.z || []).flat().some(
-                v => v !== null && !Number.isNaN(v))));"""), 60, "the accuracy matrix of step 1")
+        wait_for(lambda: driver.execute_script(r"""
+            for (const p of document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')) {
+              if (!(p.layout && p.layout.title && String(p.layout.title.text).includes('Accuracy matrix'))) continue;
+              for (const t of p.data) {  // z: NumPy-encoded, decoded by Plotly into `_inputArray` rows
+                const z = t.z && t.z._inputArray ? t.z._inputArray : (t.z || []);
+                const rows = Array.isArray(z) ? z : Object.keys(z).filter(k => /^\d+$/.test(k)).map(k => z[k]);
+                if (rows.some(row => Array.from(row || []).some(v => v !== null && !Number.isNaN(v)))) return true;
+              }
+            }
+            return false;"""), 60, "the accuracy matrix of step 1")
         marks.append(("first merge step on screen", time.perf_counter() - start))
     except TimeoutError as error:
         print(f"first_step: {error}", file=sys.stderr)

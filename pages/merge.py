@@ -62,13 +62,13 @@ else:
     label = st.selectbox("Method", run.labels, key="merge.export_method")
     state, card = run.merged_state(label), run.card_info(label)
     st.caption(f"{label} after {len(card['order'])} of {len(run.order)} tasks.")
-    zip_col, file_col = st.columns(2)
-    zip_col.download_button(
+    downloads = st.container(horizontal=True, gap="small")  # wraps at 1000 px instead of clipping the labels
+    downloads.download_button(
         "⬇ save_pretrained folder + model card (.zip)", lambda: appstate.export_zip(backbone, state, card),
         file_name=f"nufilt-{label}-{len(card['order'])}tasks.zip", mime="application/zip", key="merge.zip",
         on_click="ignore",
     )
-    file_col.download_button(
+    downloads.download_button(
         "⬇ weights only (.safetensors)", lambda: appstate.export_safetensors(state, card),
         file_name=f"nufilt-{label}-{len(card['order'])}tasks.safetensors", mime="application/octet-stream",
         key="merge.safetensors", on_click="ignore",
