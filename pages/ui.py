@@ -1,10 +1,10 @@
 """Streamlit helpers shared by the pages: settings in session state, cached resources, chart + CSV.
 
 Session state holds only names and numbers (the `setup.*` widget values), mirrored in the URL's
-query parameters (`nufilt.appurl`) so a link or a reload reproduces the view. Models live in
+query parameters (`nufilt.appstate.appurl`) so a link or a reload reproduces the view. Models live in
 `st.cache_resource` (one backbone per spec, shared); the step-by-step run and the background job
 that steps it live in a shared `st.cache_resource` keyed by the run's `RunConfig` (a reload or
-another tab re-attaches to it) and on disk (`nufilt.runstore`: a restarted server restores it).
+another tab re-attaches to it) and on disk (`nufilt.appstate.runstore`: a restarted server restores it).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from nufilt import appstate, appurl, runstore
+from nufilt import appstate
+from nufilt.appstate import appurl, runstore
+from nufilt.appstate.runjob import RunJob
 from nufilt.backbones import EMBEDDED
 from nufilt.roots import allowed_roots, check_allowed
-from nufilt.runjob import RunJob
 from nufilt.zoo.config import ENV_PRESET
 from pages import nav
 

@@ -1,10 +1,10 @@
-"""The app's Setup choices as URL query parameters (`nufilt.appurl`)."""
+"""The app's Setup choices as URL query parameters (`nufilt.appstate.appurl`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from nufilt.appurl import params_to_settings, parse_value, settings_to_params
+from nufilt.appstate.appurl import params_to_settings, parse_value, settings_to_params
 
 DEFAULTS = {"backbone": "tiny-vit", "n_tasks": 8, "methods": ["nufilt", "opcm"], "quick": False, "seed": 0}
 

@@ -1,12 +1,13 @@
-"""Saved runs (`nufilt.runstore`) and the background job (`nufilt.runjob`) on the micro zoo."""
+"""Saved runs (`nufilt.appstate.runstore`) and the background job (`nufilt.appstate.runjob`) on the micro zoo."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nufilt import appstate, runstore
-from nufilt.runjob import RunJob
+from nufilt import appstate
+from nufilt.appstate import runstore
+from nufilt.appstate.runjob import RunJob
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nufilt import appurl
+from nufilt.appstate import appurl
 from tests.app.helpers import APP, assert_clean, forget_session_resources, settle
 
 

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .cache import atomic_write_bytes, default_cache_dir
+from ..cache import atomic_write_bytes, default_cache_dir
 
 if TYPE_CHECKING:
-    from .appstate import MultiRun, RunConfig
+    from .session import MultiRun, RunConfig
 
 ENV_RUNS_DIR = "NUFILT_RUNS_DIR"
 FORMAT = 1  # bumped when the snapshot layout changes; older files are ignored

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .appstate import MultiRun
+    from .session import MultiRun
 
 SaveFn = Callable[["MultiRun", int], None]  # (run, target step) after every committed step
 
