@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nufilt.backbones import get_backbone  # noqa: E402
 from nufilt.cache import default_cache_dir  # noqa: E402
 from nufilt.evaluation import method_spec, paper_orders, parse_order_indices, run_benchmark  # noqa: E402
-from nufilt.grid import Workers  # noqa: E402
+from nufilt.grid import Workers, without_timings  # noqa: E402
 from nufilt.methods import METHODS  # noqa: E402
 
 
@@ -36,12 +36,6 @@ def _load() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-def _without_timings(value):
-    if isinstance(value, dict):
-        return {key: _without_timings(item) for key, item in value.items() if "seconds" not in key}
-    if isinstance(value, list):
-        return [_without_timings(item) for item in value]
-    return value
 
 
 def main() -> int:
@@ -79,7 +73,7 @@ def main() -> int:
     parallel_seconds = time.perf_counter() - start
     load_after = _load()
 
-    same = _without_timings(serial) == _without_timings({k: v for k, v in parallel.items() if k != "workers"})
+    same = without_timings(serial) == without_timings(parallel)
     record = parallel["workers"]
     startup = record["startup_seconds"]
     print(f"{'mode':<22} {'seconds':>8} {'ratio':>6}  load average (1, 5, 15 min) at its start")

@@ -91,6 +91,17 @@ class GridError(RuntimeError):
         super().__init__(f"{len(failures)} cell(s) failed twice: {names}")
 
 
+def without_timings(document: Any) -> Any:
+    """A result document (JSON-like) without its timing fields (keys containing "seconds") and
+    without the `workers` record: what a grid on workers and the same grid in one process share."""
+    if isinstance(document, dict):
+        return {key: without_timings(item) for key, item in document.items()
+                if "seconds" not in key and key != "workers"}
+    if isinstance(document, list):
+        return [without_timings(item) for item in document]
+    return document
+
+
 def ray_available() -> bool:
     """Whether `ray` can be imported (the app uses workers only then)."""
     try:

@@ -17,7 +17,7 @@ from nufilt.analysis.sweeps import rank_sweep
 from nufilt.backbones import get_backbone
 from nufilt.cli import main
 from nufilt.evaluation import method_spec, paper_orders, run_benchmark, run_order
-from nufilt.grid import FAULT_ENV, Cell, GridError, Workers, run_grid
+from nufilt.grid import FAULT_ENV, Cell, GridError, Workers, run_grid, without_timings
 
 ray = pytest.importorskip("ray")
 METHODS = ("task_arithmetic", "opcm", "nufilt")
@@ -42,12 +42,6 @@ def grid(micro_zoo_dir):
     return backbone, specs, paper_orders(names, [1, 2]), Workers(recipe, 2)
 
 
-def _without_timings(value):
-    if isinstance(value, dict):
-        return {key: _without_timings(item) for key, item in value.items() if "seconds" not in key}
-    if isinstance(value, list):
-        return [_without_timings(item) for item in value]
-    return value
 
 
 def _cells(specs, orders):
@@ -64,8 +58,8 @@ def test_two_workers_give_the_serial_json_cell_by_cell(ray_session, grid):
     assert "workers" not in serial
     assert [(run["method"], run["order"]) for run in parallel["runs"]] == [(s.label, o) for s in specs for o in orders]
     for mine, theirs in zip(parallel["runs"], serial["runs"], strict=True):
-        assert _without_timings(mine) == _without_timings(theirs)
-    assert _without_timings({k: v for k, v in parallel.items() if k != "workers"}) == _without_timings(serial)
+        assert without_timings(mine) == without_timings(theirs)
+    assert without_timings(parallel) == without_timings(serial)
     record = parallel["workers"]
     assert record["count"] == 2 and len(record["per_worker"]) == 2
     assert sum(worker["cells"] for worker in record["per_worker"]) == len(specs) * len(orders)
@@ -91,8 +85,8 @@ def test_a_killed_worker_is_replaced_and_its_cell_retried(ray_session, grid, mon
     with caplog.at_level(logging.WARNING, logger="nufilt.grid"):
         result = run_grid(cells, workers)
     expected = [run_order(backbone, cell.spec, list(cell.order)) for cell in cells]
-    assert [_without_timings(run.to_json()) for run in result.values] == \
-        [_without_timings(run.to_json()) for run in expected]
+    assert [without_timings(run.to_json()) for run in result.values] == \
+        [without_timings(run.to_json()) for run in expected]
     died = [worker for worker in result.workers if "died" in worker]
     alive = [worker for worker in result.workers if "died" not in worker]
     assert len(died) == 1 and died[0]["worker"] == 0 and died[0]["cells"] == 0
@@ -134,6 +128,6 @@ def test_the_cli_writes_the_serial_json_from_two_workers(ray_session, micro_zoo_
     assert main([*argv, "--workers", "2", "--out", str(tmp_path / "grid.json")]) == 0
     err = capsys.readouterr().err
     serial, grid = (json.loads((tmp_path / name).read_text()) for name in ("serial.json", "grid.json"))
-    assert _without_timings({k: v for k, v in grid.items() if k != "workers"}) == _without_timings(serial)
+    assert without_timings(grid) == without_timings(serial)
     assert "4/4 cells done" in err
     assert [line.split(":")[0] for line in err.splitlines() if line.startswith("worker ")] == ["worker 0", "worker 1"]
