@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
-OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "e2e"
+from tests.e2e.helpers import (
+    OUTPUT,
+    assert_healthy,
+    by_css,
+    click_button,
+    click_exact,
+    open_page,
+    rendered_charts,
+    screenshot,
+    wait_for_charts,
+    wait_idle,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -19,76 +29,6 @@ PAGES = {  # sidebar link -> (a heading on the page, minimum number of Plotly ch
     "Ranks": ("Rank sensitivity", 1),
     "Compare with the paper": ("Compare with the paper", 1),
 }
-
-
-def _by_css(driver, selector: str):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_elements(By.CSS_SELECTOR, selector)
-
-
-def wait_idle(driver, timeout: float = 90.0) -> float:
-    """Wait until the script run is over (the app's own run state) and stays over for a moment."""
-    start = time.perf_counter()
-    quiet_since = None
-    while time.perf_counter() - start < timeout:
-        apps = _by_css(driver, '[data-testid="stApp"]')
-        state = apps[0].get_attribute("data-test-script-state") if apps else None
-        if state == "notRunning":
-            quiet_since = quiet_since or time.perf_counter()
-            if time.perf_counter() - quiet_since > 0.6:
-                return time.perf_counter() - start
-        else:
-            quiet_since = None
-        time.sleep(0.1)
-    raise AssertionError(f"the app did not finish running within {timeout} s (state {state!r})")
-
-
-def rendered_charts(driver) -> int:
-    """Plotly charts whose SVG has been drawn."""
-    return sum(1 for chart in _by_css(driver, '[data-testid="stPlotlyChart"]') if _by_css_in(chart, ".main-svg"))
-
-
-def _by_css_in(element, selector: str):
-    from selenium.webdriver.common.by import By
-
-    return element.find_elements(By.CSS_SELECTOR, selector)
-
-
-def assert_healthy(driver, page: str) -> None:
-    exceptions = _by_css(driver, '[data-testid="stException"]')
-    assert not exceptions, f"{page}: exception shown: {exceptions[0].text[:500]}"
-    errors = [e.text for e in _by_css(driver, '[data-testid="stAlertContentError"]')]
-    assert not errors, f"{page}: error shown: {errors}"
-
-
-def wait_for_charts(driver, minimum: int, timeout: float = 30.0) -> int:
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        count = rendered_charts(driver)
-        if count >= minimum:
-            return count
-        time.sleep(0.2)
-    return rendered_charts(driver)
-
-
-def screenshot(driver, name: str) -> None:
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(OUTPUT / f"{name}.png"))
-
-
-def open_page(driver, title: str) -> None:
-    """Click the page's link in the sidebar navigation (same session, like a user)."""
-    links = [a for a in _by_css(driver, '[data-testid="stSidebarNavLink"]') if a.text.strip().endswith(title)]
-    assert links, f"no sidebar link {title!r}"
-    links[0].click()
-    time.sleep(0.3)
-
-
-def click_button(driver, text: str) -> None:
-    buttons = [b for b in _by_css(driver, '[data-testid="stBaseButton-primary"], button') if text in b.text]
-    assert buttons, f"no button {text!r} on the page"
-    buttons[0].click()
 
 
 def nav_link_texts(driver) -> list[str]:
@@ -122,7 +62,7 @@ def test_every_page_renders_and_a_merge_step_updates_the_charts(browser, app_url
     timings: dict[str, float] = {}
     start = time.perf_counter()
     browser.get(app_url)
-    while not any("Setup" in h.text for h in _by_css(browser, "h1")) and time.perf_counter() - start < 60:
+    while not any("Setup" in h.text for h in by_css(browser, "h1")) and time.perf_counter() - start < 60:
         time.sleep(0.05)
     timings["first_paint_seconds"] = time.perf_counter() - start  # the page title is on screen
     wait_idle(browser)
@@ -217,15 +157,6 @@ def wait_for_step(driver, step: int, timeout: float = 120.0) -> None:
     raise AssertionError(f"step {step} not reached in {timeout} s (shown: {step_shown(driver)})")
 
 
-def click_exact(driver, text: str) -> None:
-    """Click the enabled button labelled exactly `text` (found and clicked in one script call)."""
-    clicked = driver.execute_script("""
-        const b = Array.from(document.querySelectorAll('button'))
-          .find(b => b.innerText.trim() === arguments[0] && !b.disabled);
-        if (b) { b.click(); return true; } return false;""", text)
-    assert clicked, f"no enabled button {text!r}"
-
-
 RECORDER = r"""
 window.__nufiltSeen = {cells: {}, stop: false};
 const filledCells = () => {
@@ -315,7 +246,7 @@ def test_a_double_click_merges_the_one_step_it_asked_for_or_says_why_not(browser
     from selenium.webdriver.common.action_chains import ActionChains
 
     open_run(browser, app_url, "methods=opcm,task_arithmetic")
-    button = next(b for b in _by_css(browser, "button") if b.text.strip() == "Merge next task")
+    button = next(b for b in by_css(browser, "button") if b.text.strip() == "Merge next task")
     ActionChains(browser).double_click(button).perform()
     time.sleep(1.0)
     wait_for_step(browser, 1)

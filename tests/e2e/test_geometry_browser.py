@@ -4,11 +4,10 @@ an animation over both steps (the server and Chromium come from `conftest.py`)."
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "e2e"
+from tests.e2e.helpers import OUTPUT, assert_healthy, by_css, click_exact, open_page, wait_idle
 
 pytestmark = pytest.mark.e2e
 
@@ -22,41 +21,6 @@ return Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"] .js-p
   buttons: Array.from(plot.querySelectorAll('.updatemenu-button')).map(b => b.textContent.trim()),
 }));
 """
-
-
-def _elements(driver, selector: str):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_elements(By.CSS_SELECTOR, selector)
-
-
-def _wait_idle(driver, timeout: float = 120.0) -> None:
-    """Until the app's script run is over and stays over for a moment."""
-    start, quiet_since, state = time.perf_counter(), None, None
-    while time.perf_counter() - start < timeout:
-        apps = _elements(driver, '[data-testid="stApp"]')
-        state = apps[0].get_attribute("data-test-script-state") if apps else None
-        if state == "notRunning":
-            quiet_since = quiet_since or time.perf_counter()
-            if time.perf_counter() - quiet_since > 0.6:
-                return
-        else:
-            quiet_since = None
-        time.sleep(0.1)
-    raise AssertionError(f"the app did not finish running within {timeout} s (state {state!r})")
-
-
-def _click(driver, text: str) -> None:
-    buttons = [b for b in _elements(driver, "button") if b.text.strip() == text and b.is_enabled()]
-    assert buttons, f"no enabled button {text!r}"
-    buttons[0].click()
-    time.sleep(0.3)
-    _wait_idle(driver)
-
-
-def _healthy(driver) -> None:
-    shown = _elements(driver, '[data-testid="stException"]') + _elements(driver, '[data-testid="stAlertContentError"]')
-    assert not shown, shown[0].text[:500]
 
 
 def _live_heatmaps(driver, timeout: float = 30.0) -> list[dict]:
@@ -73,23 +37,22 @@ def _live_heatmaps(driver, timeout: float = 30.0) -> list[dict]:
 
 def test_two_merge_steps_on_the_geometry_page_add_a_column_and_an_animation_frame(browser, app_url):
     browser.get(app_url)  # a new browser session: its own run at step 0
-    _wait_idle(browser)
-    links = [a for a in _elements(browser, '[data-testid="stSidebarNavLink"]') if a.text.strip().endswith("Geometry")]
-    assert links, "no Geometry link in the sidebar"
-    links[0].click()
-    time.sleep(0.3)
-    _wait_idle(browser)
-    _healthy(browser)
-    toggles = [t for t in _elements(browser, '[data-testid="stCheckbox"]')  # Streamlit's toggles are checkboxes
+    wait_idle(browser)
+    open_page(browser, "Geometry")
+    wait_idle(browser)
+    assert_healthy(browser, "Geometry")
+    toggles = [t for t in by_css(browser, '[data-testid="stCheckbox"]')  # Streamlit's toggles are checkboxes
                if "Principal angles" in (t.text or t.get_attribute("aria-label") or "")]
     assert toggles, "no toggle for the principal angles and spectra"
     toggles[0].click()  # on before the first step: both steps get angles (from step 2) and spectra
     time.sleep(0.3)
-    _wait_idle(browser)
+    wait_idle(browser)
     columns = []
     for _ in range(2):
-        _click(browser, "Merge next task")
-        _healthy(browser)
+        click_exact(browser, "Merge next task")
+        time.sleep(0.3)
+        wait_idle(browser, timeout=180.0)
+        assert_healthy(browser, "Geometry")
         heatmaps = _live_heatmaps(browser)
         assert len(heatmaps) == 2, [f["title"] for f in heatmaps]  # update and merged affinity
         columns.append(heatmaps[0]["heatmap_x"])
@@ -105,7 +68,7 @@ def test_two_merge_steps_on_the_geometry_page_add_a_column_and_an_animation_fram
         for width in (1600, 1000):  # the widths the docs' screenshots are checked at
             browser.set_window_size(width, 2400)
             time.sleep(1.0)  # Plotly redraws on resize
-            _healthy(browser)
+            assert_healthy(browser, "Geometry")
             browser.save_screenshot(str(OUTPUT / f"geometry_after_two_steps_{width}.png"))
     finally:
         browser.set_window_size(size["width"], size["height"])
