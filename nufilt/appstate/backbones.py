@@ -104,7 +104,7 @@ class AppBackbone(DelegatingBackbone):
     @torch.inference_mode()
     def _evaluate_first(self, state: StateDict, names: list[str]) -> dict[str, float]:
         """The embedded backbone's `evaluate` on the first `max_eval` test images of each task."""
-        from .zoo.build import TaskData, accuracy, features, head_logits
+        from ..zoo.build import TaskData, accuracy, features, head_logits
 
         for name in names:
             self.inner.task(name)
@@ -161,7 +161,7 @@ def open_backbone(spec: str, n_tasks: int, preset: str = "default", cache_dir: s
 def pool_size(spec: str, preset: str = "default") -> int:
     """How many tasks a backbone offers (without loading any model)."""
     if spec == EMBEDDED:
-        from .zoo.config import resolve_config
+        from ..zoo.config import resolve_config
 
         return len(resolve_config(preset).tasks)
     if spec == "flan-t5-base":
@@ -177,8 +177,8 @@ def task_groups(pool: int) -> list[int]:
 
 def zoo_ready(backbone: Backbone) -> bool:
     """True when the embedded zoo's models are on disk (a fast size check, no hashing)."""
-    from .cache import check_integrity
-    from .zoo.build import finetuned_root, heads_folder, pretrained_folder
+    from ..cache import check_integrity
+    from ..zoo.build import finetuned_root, heads_folder, pretrained_folder
 
     if backbone.name != EMBEDDED:  # (reading a hub backbone's config would fetch files)
         return False

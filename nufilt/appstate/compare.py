@@ -84,7 +84,7 @@ def comparison_table(run: Mapping[str, Mapping[str, float]], paper_rows: Sequenc
 
 def reference_column(backbone: str, n_tasks: int) -> tuple[str, int]:
     """The paper column a run is compared against: its own for CLIP/T5, ViT-B/32 for the rest."""
-    from .paper import CLIP_COLUMNS, T5_BACKBONES
+    from ..paper import CLIP_COLUMNS, T5_BACKBONES
 
     if backbone in CLIP_COLUMNS or backbone in T5_BACKBONES:
         return backbone, n_tasks

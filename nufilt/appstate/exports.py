@@ -15,7 +15,7 @@ from ..backbones.base import Backbone, StateDict
 
 def export_zip(backbone: Backbone, state: StateDict, card_info: Mapping[str, Any]) -> bytes:
     """The merged model as a zipped `save_pretrained` folder with its model card (`export.save_merged`)."""
-    from .export import save_merged
+    from ..export import save_merged
 
     with tempfile.TemporaryDirectory(prefix="nufilt-export-") as tmp:
         folder = save_merged(backbone, state, Path(tmp) / "merged", card_info)
@@ -29,7 +29,7 @@ def export_zip(backbone: Backbone, state: StateDict, card_info: Mapping[str, Any
 
 def export_safetensors(state: StateDict, card_info: Mapping[str, Any]) -> bytes:
     """The merged encoder weights as one safetensors file (metadata: method and order)."""
-    from .io import save_safetensors
+    from ..io import save_safetensors
 
     metadata = {"method": str(card_info.get("method", "")), "order": ",".join(card_info.get("order", []))}
     with tempfile.TemporaryDirectory(prefix="nufilt-export-") as tmp:
@@ -41,8 +41,8 @@ def save_to_folder(backbone: Backbone, state: StateDict, folder: str, card_info:
                    roots: Sequence[Path] | None = None) -> Path:
     """`export.save_merged` to a folder the user typed (FileExistsError if it is not empty),
     which must lie inside `roots` when they are given (`nufilt.roots`)."""
-    from .export import save_merged
-    from .roots import check_allowed
+    from ..export import save_merged
+    from ..roots import check_allowed
 
     if not folder.strip():
         raise ValueError("type a folder to save the merged model to")

@@ -27,7 +27,7 @@ def grid_workers(config: RunConfig, cells: int, seconds_per_cell: float | None =
     measurement, a micro/quick embedded zoo."""
     from functools import partial
 
-    from .grid import Workers, ray_available
+    from ..grid import Workers, ray_available
 
     asked = os.environ.get(APP_WORKERS_ENV, "").strip()
     text = asked or "2"
