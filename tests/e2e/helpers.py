@@ -86,3 +86,18 @@ def click_exact(driver, text: str) -> None:
           .find(b => b.innerText.trim() === arguments[0] && !b.disabled);
         if (b) { b.click(); return true; } return false;""", text)
     assert clicked, f"no enabled button {text!r}"
+
+
+def click_when_enabled(driver, text: str, timeout: float = 180.0) -> None:
+    """`click_exact` once the button is there and enabled (a step of a run may still be running)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        try:
+            return click_exact(driver, text)
+        except AssertionError:
+            time.sleep(0.5)
+    labels = driver.execute_script("return Array.from(document.querySelectorAll('button'))"
+                                   ".map(b => b.innerText.trim() + (b.disabled ? ' (disabled)' : ''));")
+    shown = driver.execute_script("return document.body.innerText")[:600]
+    raise AssertionError(f"no enabled button {text!r} within {timeout} s; buttons: {[b for b in labels if b]}; "
+                         f"page: {shown!r}")
