@@ -36,11 +36,13 @@ def grid_workers(config: RunConfig, cells: int, seconds_per_cell: float | None =
     count = int(text)
     if count < 2 or cells < 2 or not ray_available():
         return None
-    if not asked and seconds_per_cell is not None:
-        if cells * seconds_per_cell < RAY_WORTH_SECONDS:
+    if not asked:  # the default: only a job that outlasts the workers' start-up
+        if seconds_per_cell is None:
+            short = config.backbone == EMBEDDED and config.preset in CHEAP_PRESETS
+        else:
+            short = cells * seconds_per_cell < RAY_WORTH_SECONDS
+        if short:
             return None
-    elif not asked and config.backbone == EMBEDDED and config.preset in CHEAP_PRESETS:
-        return None
     spec, n_tasks, preset, cache_dir, device, max_eval, data_dir = config.backbone_key()
     if cache_dir is not None:
         cache_dir = str(Path(cache_dir).expanduser().resolve())
