@@ -225,6 +225,17 @@ def orthonormalize(matrix: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(matrix).Q
 
 
+def float64_basis(basis: torch.Tensor) -> torch.Tensor:
+    """A basis computed in lower precision as an orthonormal float64 basis of the same span
+    (QR), its zero columns (numerically zero directions, trailing) kept zero: overlaps and
+    affinities computed from it then stay within [0, 1] to float64 round-off."""
+    if basis.dtype == torch.float64:
+        return basis
+    basis = basis.double()
+    kept = basis.norm(dim=-2, keepdim=True) > 0.5  # unit or zero columns
+    return torch.linalg.qr(basis).Q * kept
+
+
 def principal_angles(basis_a: torch.Tensor, basis_b: torch.Tensor) -> torch.Tensor:
     """Principal angles (radians, ascending) between the spans of two orthonormal bases."""
     cosines = torch.linalg.svdvals(basis_a.mT @ basis_b).clamp(0.0, 1.0)

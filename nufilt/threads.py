@@ -31,6 +31,14 @@ def default_threads() -> int:
     return int(value)
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 @contextmanager
 def torch_threads(count: int | None) -> Iterator[None]:
     """Run the block with `count` torch CPU threads (None or the current count: no change), then

@@ -9,6 +9,7 @@ import torch
 import nufilt.subspace as subspace
 from nufilt.subspace import (
     affinity,
+    float64_basis,
     null_space_projector,
     orthonormalize,
     principal_angles,
@@ -226,3 +227,18 @@ def test_removed_energy_is_the_share_of_the_norm_inside_the_basis():
     task_vector = torch.tensor([[3.0, 4.0, 0.0, 0.0]])
     assert float(removed_energy(task_vector, eye[:, :1])) == pytest.approx(9 / 25)
     assert float(removed_energy(torch.zeros(2, 4), eye[:, :1])) == 0.0
+
+
+def test_float64_basis_keeps_the_span_and_the_zero_columns():
+    g = torch.Generator().manual_seed(5)
+    exact = torch.linalg.qr(torch.randn(3, 40, 6, generator=g, dtype=torch.float64)).Q
+    exact[1, :, 4:] = 0  # a rank-deficient matrix's basis: trailing zero columns
+    low = exact.float()
+    basis = float64_basis(low)
+    assert basis.dtype == torch.float64
+    assert (basis[1, :, 4:] == 0).all()
+    gram = basis.mT @ basis
+    expected_gram = torch.diag_embed((exact.norm(dim=-2) > 0.5).double())
+    assert (gram - expected_gram).abs().max() < 1e-14  # orthonormal to float64 round-off
+    assert ((basis @ basis.mT) - (exact @ exact.mT)).abs().max() < 1e-6  # the same span
+    assert float64_basis(exact) is exact

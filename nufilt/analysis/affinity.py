@@ -15,7 +15,7 @@ import torch
 
 from ..backbones.base import Backbone
 from ..statedict import StateDict
-from ..subspace import affinity, random_affinity_baseline, top_right_singular_vectors
+from ..subspace import affinity, float64_basis, random_affinity_baseline, top_right_singular_vectors
 from .activations import LayerStatistics, selected_layers, task_statistics
 from .layers import layer_info, stacked, vector
 
@@ -27,9 +27,11 @@ KINDS = ("all", "attention", "mlp")
 
 def vector_bases(
     pretrained: StateDict, finetuned: Mapping[str, StateDict], keys: Sequence[str], r_v: int,
-    solver: str = "exact",
+    solver: str = "exact", dtype: torch.dtype = torch.float64,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """V̂ per task and layer: top-`r_v` right singular vectors of τ = θt − θ0, `(d_in, r_v)` float64.
+    `dtype` is the precision they are computed in (τ is formed in float64 and cast; a float32
+    basis is re-orthonormalised in float64): float64 for Fig. 2, float32 for the app's live geometry.
 
     `r_v` is clamped to min(d_out, d_in) per layer; `solver` as in `subspace.top_right_singular_vectors`
     (Fig. 2 uses "exact"; the app's live geometry "auto").
@@ -42,8 +44,8 @@ def vector_bases(
         bases[task] = {}
         for group, matrices in stacked(keys, shapes, lambda key, state=state: vector(state, pretrained, key)):
             rank = min(r_v, *matrices.shape[-2:])
-            basis, _ = top_right_singular_vectors(matrices, rank, solver)  # (L, d_in, r_v)
-            bases[task].update(zip(group, basis, strict=True))
+            basis, _ = top_right_singular_vectors(matrices.to(dtype), rank, solver)  # (L, d_in, r_v)
+            bases[task].update(zip(group, float64_basis(basis), strict=True))
     return bases
 
 

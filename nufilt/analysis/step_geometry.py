@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from ..statedict import StateDict
-from ..subspace import affinity, principal_angles, random_affinity_baseline, top_right_singular_vectors
+from ..subspace import affinity, float64_basis, principal_angles, random_affinity_baseline, top_right_singular_vectors
 from .activations import LayerStatistics
 from .layers import layer_info, stacked, vector
 
@@ -36,11 +36,11 @@ SPECTRUM_COLUMNS = ("method", "step", "new_task", "layer", "block", "kind", "ind
 
 
 def _bases(keys: Sequence[str], shapes: Mapping[str, torch.Size], make, rank: int,
-           solver: str = "exact") -> dict[str, torch.Tensor]:
+           solver: str = "exact", dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for group, matrices in stacked(keys, shapes, make):
-        basis, _ = top_right_singular_vectors(matrices, min(rank, *matrices.shape[-2:]), solver)
-        out.update(zip(group, basis, strict=True))
+        basis, _ = top_right_singular_vectors(matrices.to(dtype), min(rank, *matrices.shape[-2:]), solver)
+        out.update(zip(group, float64_basis(basis), strict=True))
     return out
 
 
@@ -60,6 +60,7 @@ def step_geometry(
     top_k: int = 16,
     solver: str = "exact",
     spectra: bool = True,
+    dtype: torch.dtype = torch.float64,
 ) -> dict[str, list[dict]]:
     """Rows of the three tables for one step (`seen`: task names in merge order, the new one
     last). `task_bases`: V(τi) per seen task and layer (`affinity.vector_bases(..., r_v)`);
@@ -67,7 +68,10 @@ def step_geometry(
     are NaN). `previous` is θ̄_{t−1} (θ0 at step 1). `solver` computes the step's own bases
     (`subspace.top_right_singular_vectors`): "exact" keeps the step-1 identity with Fig. 2 exact;
     the app passes "auto" (randomized for small ranks of wide layers) to keep a step interactive.
-    `spectra=False` skips the angle and spectrum tables (and their r_p basis and full spectrum)."""
+    `spectra=False` skips the angle and spectrum tables (and their r_p basis and full spectrum).
+    `dtype`: the precision of the step's bases (the task vectors are formed in float64 and cast;
+    the overlaps are computed in float64 either way). float32 halves the basis cost; the app
+    uses it: its affinities move by ~1e-6 (`bench/app_step.py --check` measures it)."""
     if not seen:
         raise ValueError("step geometry needs at least the new task in `seen`")
     for name, value in (("r_v", r_v), ("r_d", r_d), ("r_p", r_p), ("step", step)):
@@ -80,11 +84,11 @@ def step_geometry(
     if missing:
         raise ValueError(f"no task-vector basis for {', '.join(missing)}")
     shapes = {key: pretrained[key].shape for key in keys}
-    update = _bases(keys, shapes, lambda k: vector(merged, previous, k), r_v, solver)          # V(Δt)
+    update = _bases(keys, shapes, lambda k: vector(merged, previous, k), r_v, solver, dtype)   # V(Δt)
     # at step 1 (θ̄0 = θ0) Δ1 = τ̄1: the same matrices, so the same basis (computed once)
     merged_basis = update if previous is pretrained else _bases(
-        keys, shapes, lambda k: vector(merged, pretrained, k), r_v, solver)                   # V(τ̄t)
-    old_basis = (_bases(keys, shapes, lambda k: vector(previous, pretrained, k), r_p, solver)
+        keys, shapes, lambda k: vector(merged, pretrained, k), r_v, solver, dtype)            # V(τ̄t)
+    old_basis = (_bases(keys, shapes, lambda k: vector(previous, pretrained, k), r_p, solver, dtype)
                  if step > 1 and spectra else {})
     base = {"method": method, "step": step, "new_task": new_task}
     rows, angles, spectrum = [], [], []
@@ -110,7 +114,7 @@ def step_geometry(
                 angles.extend({**base, "layer": key, **info, "index": j + 1, "angle_degrees": float(v)}
                               for j, v in enumerate(values.tolist()))
         if spectra:
-            singular = torch.linalg.svdvals(vector(merged, pretrained, key))[:top_k]
+            singular = torch.linalg.svdvals(vector(merged, pretrained, key).to(dtype))[:top_k]
             spectrum.extend({**base, "layer": key, **info, "index": j + 1, "value": float(v)}
                             for j, v in enumerate(singular.tolist()))
     return {"step_geometry": rows, "step_angles": angles, "step_spectra": spectrum}

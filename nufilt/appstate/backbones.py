@@ -78,13 +78,15 @@ def zoo_preset() -> str:
 
 
 class AppBackbone(DelegatingBackbone):
-    """A backbone as the app uses it: evaluation serialised and optionally on fewer test inputs.
+    """A backbone as the app uses it: evaluation thread-safe and optionally on fewer test inputs.
 
-    The app shares one backbone between sessions and the background build, and the embedded
-    backbone reuses one encoder module, so two evaluations must never load weights at once.
-    `max_eval` scores the embedded zoo on the first `max_eval` test images of each task (a
-    merge step scores every task seen so far, which dominates its time); hub backbones get it
-    as their own `max_samples`. Everything else is delegated.
+    The app shares one backbone between sessions, the background build and the methods of a
+    step (stepped in parallel threads, `MultiRun.workers`). The embedded backbone's own
+    `evaluate` reuses one encoder module, so here each evaluation borrows an encoder of its own
+    from a small pool (one per evaluation running at once, built on first need); other backbones
+    evaluate one at a time. `max_eval` scores the embedded zoo on the first `max_eval` test
+    images of each task (a merge step scores every task seen so far, which dominates its time);
+    hub backbones get it as their own `max_samples`. Everything else is delegated.
     """
 
     def __init__(self, inner: Backbone, max_eval: int | None = None) -> None:
@@ -93,32 +95,36 @@ class AppBackbone(DelegatingBackbone):
         self.max_eval = max_eval if n_test and max_eval and max_eval < n_test else None
         self._lock = threading.RLock()
         self._data = None
-        self._encoder: torch.nn.Module | None = None
+        self._encoders: list[torch.nn.Module] = []  # idle encoders of `_evaluate_first`
 
     def evaluate(self, state: StateDict, tasks: Sequence[str]) -> dict[str, float]:
-        with self._lock:
-            if self.max_eval is None:
+        if self.max_eval is None:
+            with self._lock:
                 return self.inner.evaluate(state, tasks)
-            return self._evaluate_first(state, list(tasks))
+        return self._evaluate_first(state, list(tasks))
 
     @torch.inference_mode()
     def _evaluate_first(self, state: StateDict, names: list[str]) -> dict[str, float]:
         """The embedded backbone's `evaluate` on the first `max_eval` test images of each task."""
         from ..zoo.build import TaskData, accuracy, features, head_logits
 
-        for name in names:
-            self.inner.task(name)
-        if not names:
-            return {}
-        if self._data is None:
-            self._data = TaskData(self.inner.config)
-        if self._encoder is None:
-            self._encoder = self.inner.build_encoder(state)
-        else:
-            self._encoder.load_state_dict(dict(state))
-        splits = [tuple(part[: self.max_eval] for part in self._data.get(name, "test")) for name in names]
-        feats = features(self._encoder, torch.cat([images for images, _ in splits]), self.inner.eval_batch)
-        heads, scores, start = self.inner.heads(), {}, 0
+        with self._lock:  # the shared parts: names checked, data and heads made once, an encoder taken
+            for name in names:
+                self.inner.task(name)
+            if not names:
+                return {}
+            if self._data is None:
+                self._data = TaskData(self.inner.config)
+            splits = [tuple(part[: self.max_eval] for part in self._data.get(name, "test")) for name in names]
+            heads = self.inner.heads()
+            encoder = self._encoders.pop() if self._encoders else self.inner.build_encoder(state)
+        try:
+            encoder.load_state_dict(dict(state))
+            feats = features(encoder, torch.cat([images for images, _ in splits]), self.inner.eval_batch)
+        finally:
+            with self._lock:
+                self._encoders.append(encoder)
+        scores, start = {}, 0
         for name, (_, labels) in zip(names, splits, strict=True):
             scores[name] = accuracy(head_logits(feats[start : start + len(labels)], heads[name]), labels)
             start += len(labels)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +25,7 @@ from ..backbones.base import Backbone, StateDict
 from ..engine import RunEngine, StepRecord
 from ..evaluation import MethodSpec, acc_bwt, check_order, method_spec
 from ..methods import ABLATIONS, METHODS
+from ..threads import available_cpus
 from .backbones import ProgressFn
 from .options import method_labels
 
@@ -99,8 +102,35 @@ class _MethodState:
         return len(self.matrix)
 
 
+_current = threading.local()  # the method a step thread is merging (for its warnings)
+
+
+@contextmanager
+def _warnings_by_method() -> Iterator[dict[str, list[str]]]:
+    """Record every warning raised while the block runs, by the method of the thread that raised
+    it (`_current.label`): `warnings.catch_warnings` is process-wide, so one block records for
+    all the step's threads. Warnings of other threads are shown as usual."""
+    caught: dict[str, list[str]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            label = getattr(_current, "label", None)
+            if label is None:
+                shown(message, category, filename, lineno, file, line)
+            else:
+                caught.setdefault(label, []).append(str(message))
+
+        warnings.showwarning = show
+        yield caught
+
+
 _TABLES = ("accuracy", "metrics", "layers", "curves", "losses", "geometry", "angles", "spectra")
 GEOMETRY_RANK = 8  # r_v = r_d of the live step geometry (the Geometry page's Fig. 2 defaults)
+# the live geometry's bases: float32 halves their cost against float64 (bench/app_step.py);
+# the affinities move by ~1e-6 (Fig. 2 and `nufilt analyze` keep float64)
+GEOMETRY_DTYPE = torch.float32
 LAYER_TABLE = ["method", "step", "task", "layer", "block", "kind", "removed_energy", "r_p", "r_l", "r_v"]
 
 
@@ -137,6 +167,8 @@ class MultiRun:
         self.track_spectra = False
         # V(τi) per task and layer for the geometry: fixed by the checkpoints, so kept across `reset()`
         self._task_bases: dict[str, dict[str, torch.Tensor]] = {}
+        # threads stepping the methods of a step side by side (None: one per method, at most the CPUs)
+        self.workers: int | None = None
         self._lock = threading.RLock()
         self.pretrained = self.backbone.pretrained_state()
         self.keys = selected_layers(self.pretrained)
@@ -181,23 +213,95 @@ class MultiRun:
     # -- stepping
 
     def step(self, progress: ProgressFn | None = None) -> int:
-        """Merge the next task with every method (finishing an interrupted step first)."""
+        """Merge the next task with every method (finishing an interrupted step first).
+
+        The methods step side by side in up to `workers` threads (each method's engine, merger
+        and evaluation encoder are its own; what they share is computed first, `_prepare`), and
+        their rows are committed in method order, so the tables do not depend on `workers`. When
+        a method fails, the others still commit and the first error is raised afterwards."""
         with self._lock:
             if self.finished:
                 return self.steps_done
-            start, cpu_start = time.perf_counter(), time.thread_time()
+            start, cpu_start = time.perf_counter(), time.process_time()
             target = self.steps_done + 1
             behind = [label for label, state in self._methods.items() if state.steps < target]
-            for i, label in enumerate(behind):
-                if progress:
-                    progress(f"step {target}/{len(self.order)}: {label} merges {self.order[target - 1]}",
-                             i / len(behind))
-                self._advance(label)
+            task = self.order[target - 1]
+            if progress:
+                progress(f"step {target}/{len(self.order)}: {', '.join(behind)} "
+                         f"merge{'s' if len(behind) == 1 else ''} {task}", 0.0)
+            self._prepare(target)
+            done: list[str] = []
+
+            def finished(label: str) -> None:
+                done.append(label)
+                if progress and len(done) < len(behind):
+                    progress(f"step {target}/{len(self.order)}: {', '.join(done)} done, "
+                             f"{', '.join(x for x in behind if x not in done)} merging {task}", len(done) / len(behind))
+
+            outcomes = self._run_engines(behind, finished)
+            errors = []
+            for label in behind:  # commit in method order
+                outcome = outcomes[label]
+                if isinstance(outcome, BaseException):
+                    errors.append(outcome)
+                else:
+                    self._commit(label, *outcome)
             self.last_step_seconds = time.perf_counter() - start
-            self.last_step_cpu_seconds = time.thread_time() - cpu_start  # = wall time on an idle core (1 thread)
+            # CPU seconds of the whole process while the step ran (all its threads): the work, on an idle machine
+            self.last_step_cpu_seconds = time.process_time() - cpu_start
+            if errors:
+                raise errors[0]
             if progress:
                 progress(f"step {target} done", 1.0)
             return self.steps_done
+
+    def _worker_count(self, jobs: int) -> int:
+        if self.workers is not None:
+            return max(1, min(int(self.workers), jobs))
+        return max(1, min(jobs, available_cpus()))
+
+    def _run_engines(self, labels: Sequence[str], finished) -> dict[str, Any]:
+        """Each label's engine step (in threads when more than one worker): label -> (record,
+        warnings) or the exception it raised."""
+        outcomes: dict[str, Any] = {}
+        threads = torch.get_num_threads()
+        with _warnings_by_method() as caught:
+
+            def one(label: str) -> None:
+                _current.label = label
+                # the caller's torch thread count, set in this thread too (OpenMP's and MKL's counts are
+                # per thread; a different count changes float sums), so the methods merge as serially
+                torch.set_num_threads(threads)
+                try:
+                    outcomes[label] = self._methods[label].engine.step()
+                except Exception as error:  # noqa: BLE001 (re-raised by `step` after the others commit)
+                    outcomes[label] = error
+                finally:
+                    _current.label = None
+                    finished(label)
+
+            workers = self._worker_count(len(labels))
+            if workers == 1:
+                for label in labels:
+                    one(label)
+            else:
+                with ThreadPoolExecutor(workers, thread_name_prefix="nufilt-step") as pool:
+                    list(pool.map(one, labels))
+        return {label: (outcome if isinstance(outcome, BaseException) else (outcome, caught.get(label, [])))
+                for label, outcome in outcomes.items()}
+
+    def _prepare(self, step: int) -> None:
+        """What the methods of a step share, computed once before they run (side by side they
+        only read it): the new task's model, the seen tasks' vector bases and statistics, and
+        the old tasks' mean covariance."""
+        task = self.order[step - 1]
+        self.backbone.finetuned_state(task)
+        self._ensure_task_bases(list(self.order[:step]))
+        if self.track_losses:
+            for name in self.order[:step]:
+                if self._statistics(name) is None:
+                    return
+            self._old_covariance(step)
 
     def run_to_end(self, progress: ProgressFn | None = None) -> int:
         total = len(self.order)
@@ -212,13 +316,18 @@ class MultiRun:
         return self.steps_done
 
     def _advance(self, label: str) -> None:
-        """One atomic engine step for `label`, then its rows; a failed step changes nothing."""
+        """One atomic engine step for `label` alone, then its rows; a failed step changes nothing."""
+        target = self._methods[label].steps + 1
+        self._prepare(target)
+        outcome = self._run_engines([label], lambda label: None)[label]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self._commit(label, *outcome)
+
+    def _commit(self, label: str, record: StepRecord, caught: Sequence[str]) -> None:
+        """A committed engine step's rows and warnings into the run's tables."""
         state = self._methods[label]
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            record = state.engine.step()  # merge, score the seen tasks, `_analyze`
-        for warning in caught:
-            text = str(warning.message)  # (NUFILT's own warnings already start with "nufilt: ")
+        for text in caught:  # (NUFILT's own warnings already start with "nufilt: ")
             self._note(text if text.startswith(f"{label}: ") or text.startswith(f"{state.spec.method}: ")
                        else f"{label}: {text}")
         step, task, report = record.step, record.task, record.report
@@ -251,15 +360,18 @@ class MultiRun:
         losses = self._losses(record.step, record.previous, record.merged, record.task_state)
         return losses, self._geometry(record)
 
+    def _ensure_task_bases(self, tasks: Sequence[str]) -> None:
+        """V(τi) of each task in `tasks` (computed once per task; kept across `reset()`)."""
+        for task in tasks:
+            if task not in self._task_bases:
+                self._task_bases.update(vector_bases(self.pretrained, {task: self.backbone.finetuned_state(task)},
+                                                     self.keys, GEOMETRY_RANK, solver="auto", dtype=GEOMETRY_DTYPE))
+
     def _geometry(self, record: StepRecord) -> dict[str, list[dict]]:
         """`analysis.step_geometry` tables for one step: with the tasks' activation statistics when
         losses are tracked (the same cached statistics), else the data-free column only."""
         seen = list(self.order[: record.step])
-        for task in seen:
-            if task not in self._task_bases:
-                state = record.task_state if task == record.task else self.backbone.finetuned_state(task)
-                self._task_bases.update(vector_bases(self.pretrained, {task: state}, self.keys, GEOMETRY_RANK,
-                                                     solver="auto"))
+        self._ensure_task_bases(seen)
         data = None
         if self.track_losses:
             stats = {task: self._statistics(task) for task in seen}
@@ -267,7 +379,8 @@ class MultiRun:
         r_p = self.specs[record.spec.label].options.get("r_p", 128) if record.spec.method == "nufilt" else 128
         return step_geometry(record.spec.label, record.step, seen, record.pretrained, record.previous,
                              record.merged, self._task_bases, self.keys, data, GEOMETRY_RANK, GEOMETRY_RANK,
-                             max(int(r_p), 1), solver="auto", spectra=self.track_spectra)
+                             max(int(r_p), 1), solver="auto", spectra=self.track_spectra,
+                             dtype=GEOMETRY_DTYPE)
 
     # -- saving and restoring (the files themselves: `nufilt.appstate.runstore`)
 

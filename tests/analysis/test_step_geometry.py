@@ -93,6 +93,29 @@ def test_random_states_match_a_plain_reimplementation_and_step_one_is_the_fig2_d
     assert first == pytest.approx(np.linalg.svd((merged[KEYS[0]] - pretrained[KEYS[0]]).numpy())[1][0])
 
 
+def test_float32_bases_match_the_plain_reimplementation_to_float32_accuracy():
+    # the app's live geometry: bases in float32 (solver "auto"), overlaps in float64, within [0, 1]
+    rng = np.random.default_rng(3)
+    d_out, d_in, r_v, r_d = 40, 64, 8, 8
+    pretrained = {key: torch.tensor(rng.normal(size=(d_out, d_in)), dtype=torch.float32) for key in KEYS}
+    tasks = {name: {key: pretrained[key] + torch.tensor(rng.normal(size=(d_out, d_in)) * 0.1, dtype=torch.float32)
+                    for key in KEYS} for name in ("a", "b")}
+    data = {name: {key: np.linalg.qr(rng.normal(size=(d_in, 8)))[0] for key in KEYS} for name in tasks}
+    stats = {name: {key: _stats(cols) for key, cols in layers.items()} for name, layers in data.items()}
+    bases = vector_bases(pretrained, tasks, KEYS, r_v, solver="auto", dtype=torch.float32)
+    assert all(b.dtype == torch.float64 for layers in bases.values() for b in layers.values())
+    merged = {key: 0.6 * tasks["a"][key] + 0.4 * tasks["b"][key] for key in KEYS}
+    rows = step_geometry("m", 2, ["a", "b"], pretrained, tasks["a"], merged, bases, KEYS, stats, r_v, r_d,
+                         solver="auto", dtype=torch.float32)["step_geometry"]
+    for row in rows:
+        key, name = row["layer"], row["task"]
+        expected = _plain(pretrained[key].double().numpy(), tasks["a"][key].double().numpy(),
+                          merged[key].double().numpy(), tasks[name][key].double().numpy(), data[name][key], r_v, r_d)
+        got = (row["update_affinity"], row["merged_affinity"], row["update_vector_affinity"])
+        assert got == pytest.approx(expected, abs=1e-5)
+        assert all(0.0 <= value <= 1.0 + 1e-12 for value in got)
+
+
 def test_without_data_only_the_data_free_column_is_filled():
     rng = np.random.default_rng(2)
     pretrained = {key: torch.tensor(rng.normal(size=(4, 6))) for key in KEYS}

@@ -202,6 +202,57 @@ def test_a_failed_evaluation_leaves_the_multirun_unchanged_and_a_retry_succeeds(
     assert run.finished and [len(row) for row in run.matrix("nufilt")] == [1, 2, 3]
 
 
+def _tables(run):
+    """The run's tables without its timings (NaN equal to NaN)."""
+    return {name: pd.DataFrame(rows).drop(columns=["merge_seconds", "eval_seconds", "analysis_seconds"],
+                                          errors="ignore")
+            for name, rows in run._rows.items()}
+
+
+def test_methods_stepped_side_by_side_give_the_serial_run_exactly(micro_zoo_dir):
+    # three methods on two threads: a pool thread runs two methods one after the other, and the
+    # scoring backbone is shared (a fresh backbone each, so neither reuses the other's encoders)
+    runs = []
+    for workers in (1, 2):
+        fresh = appstate.open_backbone("tiny-vit", 3, preset="micro", cache_dir=str(micro_zoo_dir), max_eval=40)
+        run = make_run(fresh, methods=("nufilt", "opcm", "task_arithmetic"), nufilt={"r_p": 10_000})
+        run.workers = workers
+        assert run._worker_count(3) == workers
+        run.run_to_end()
+        runs.append(run)
+    serial, parallel = runs
+    expected = _tables(serial)
+    for name, table in _tables(parallel).items():  # rows, values (bit for bit) and their order
+        assert table.equals(expected[name]), name
+    for label in serial.labels:
+        merged, expected = parallel.merged_state(label), serial.merged_state(label)
+        assert all(merged[key].equal(expected[key]) for key in expected)
+    # the clamped-rank warning is raised in a step thread and still reaches the run, once, under its method
+    assert parallel.messages == serial.messages and any("r_p=10000" in m for m in parallel.messages)
+    assert [m["method"] for m in parallel._rows["metrics"][:3]] == ["nufilt", "opcm", "task_arithmetic"]
+
+
+def test_a_method_failing_beside_others_commits_them_and_is_retried_alone(backbone, monkeypatch):
+    run = make_run(backbone, methods=("nufilt", "opcm", "task_arithmetic"))
+    run.workers = 3
+    run.step()
+    engine = run._methods["opcm"].engine
+    original = engine.step
+
+    def failing():
+        raise RuntimeError("injected opcm failure")
+
+    monkeypatch.setattr(engine, "step", failing)
+    with pytest.raises(RuntimeError, match="injected opcm"):
+        run.step()
+    steps = {label: run._methods[label].steps for label in run.labels}
+    assert steps == {"nufilt": 2, "opcm": 1, "task_arithmetic": 2} and run.steps_done == 1
+    monkeypatch.setattr(engine, "step", original)
+    run.step()  # finishes step 2 for opcm only
+    assert {label: run._methods[label].steps for label in run.labels} == dict.fromkeys(run.labels, 2)
+    assert sorted(m["method"] for m in run._rows["metrics"] if m["step"] == 2) == sorted(run.labels)
+
+
 @pytest.mark.parametrize("track", [True, False])
 def test_multirun_records_the_step_geometry_with_data_or_data_free(backbone, track):
     order = [t.name for t in backbone.tasks][::-1]
