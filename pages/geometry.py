@@ -30,41 +30,45 @@ run.track_spectra = st.toggle(
 ui.merge_controls(run, "geometry")
 geometry = run.geometry()
 data = run.geometry_has_data or geometry.empty
+# containers drawn on every run keep the page's element tree fixed while a run streams (see ui.merge_controls)
+note, heatmaps, live = st.container(), st.container(), st.container()
 if not data:
-    st.info("No task data in this run (no test data for this backbone, or stability tracking is off on Setup): "
-            "showing the data-free view, each update's overlap with the task vectors' own subspaces "
-            "(`update_vector_affinity`).")
+    note.info("No task data in this run (no test data for this backbone, or stability tracking is off on Setup): "
+              "showing the data-free view, each update's overlap with the task vectors' own subspaces "
+              "(`update_vector_affinity`).")
 values = ["update_affinity", "merged_affinity"] if data else ["update_vector_affinity"]
 for value in values:  # ▶ Play under each heatmap animates its steps; the slider there picks one
-    ui.chart(figures.step_geometry_heatmaps(geometry, value, run.order), geometry, f"step_{value}")
-st.caption("Update affinity A(V_d(i), V(Δt)), Δt = τ̄t − τ̄_{t−1}: low for earlier tasks (i < t) means the step "
-           "avoids their input subspaces (transparency), high for the new task (i = t) means it covers it "
-           "(fidelity). Merged affinity uses V(τ̄t): how much of task i the merged vector still covers.")
-if run.steps_done:
-    steps = list(range(1, run.steps_done + 1))
-    seen = list(run.order[: run.steps_done])
-    left, right = st.columns([1, 2])
-    with left:  # keys carry the step count: a new step moves the slider to it and chooses its tasks
-        chosen_step = st.select_slider("Step", steps, value=steps[-1], key=f"geometry.step.{run.steps_done}")
-    with right:
-        chosen_tasks = st.multiselect("Tasks in the ECDF", seen, default=seen,
-                                      key=f"geometry.tasks.{run.steps_done}")
-    ecdf_value = values[0]
-    at_step = geometry[(geometry["step"] == chosen_step) & geometry["task"].isin(chosen_tasks)]
-    ui.chart(figures.step_geometry_ecdf(geometry, chosen_step, ecdf_value, chosen_tasks), at_step,
-             "step_geometry_ecdf")
-    angles, spectra = run.geometry_angles(), run.geometry_spectra()
-    if spectra.empty:
-        st.caption("Principal angles and spectra: turn them on above; they are computed from the next step on.")
-    else:
-        ui.chart(figures.step_angles_figure(angles, chosen_step), angles, "step_angles")
-        st.caption("Principal angles between the new task vector's top-r_v subspace V(τt) and the top-r_p "
-                   "subspace of the merged vector before the step: near 90° the new task asks for directions the "
-                   "merge does not hold yet. r_p is NUFILT's own, 128 for the other methods (clamped to the layer "
-                   "width: a basis of the whole input space gives 0°).")
-        ui.chart(figures.step_spectra_figure(spectra, chosen_step), spectra, "step_spectra")
-    with st.expander("Mean per step (old tasks vs the new one)"):
-        st.dataframe(summarize_geometry(geometry), hide_index=True)
+    with heatmaps:
+        ui.chart(figures.step_geometry_heatmaps(geometry, value, run.order), geometry, f"step_{value}")
+heatmaps.caption("Update affinity A(V_d(i), V(Δt)), Δt = τ̄t − τ̄_{t−1}: low for earlier tasks (i < t) means the step "
+                 "avoids their input subspaces (transparency), high for the new task (i = t) means it covers it "
+                 "(fidelity). Merged affinity uses V(τ̄t): how much of task i the merged vector still covers.")
+with live:
+    if run.steps_done:
+        steps = list(range(1, run.steps_done + 1))
+        seen = list(run.order[: run.steps_done])
+        left, right = st.columns([1, 2])
+        with left:  # keys carry the step count: a new step moves the slider to it and chooses its tasks
+            chosen_step = st.select_slider("Step", steps, value=steps[-1], key=f"geometry.step.{run.steps_done}")
+        with right:
+            chosen_tasks = st.multiselect("Tasks in the ECDF", seen, default=seen,
+                                          key=f"geometry.tasks.{run.steps_done}")
+        ecdf_value = values[0]
+        at_step = geometry[(geometry["step"] == chosen_step) & geometry["task"].isin(chosen_tasks)]
+        ui.chart(figures.step_geometry_ecdf(geometry, chosen_step, ecdf_value, chosen_tasks), at_step,
+                 "step_geometry_ecdf")
+        angles, spectra = run.geometry_angles(), run.geometry_spectra()
+        if spectra.empty:
+            st.caption("Principal angles and spectra: turn them on above; they are computed from the next step on.")
+        else:
+            ui.chart(figures.step_angles_figure(angles, chosen_step), angles, "step_angles")
+            st.caption("Principal angles between the new task vector's top-r_v subspace V(τt) and the top-r_p "
+                       "subspace of the merged vector before the step: near 90° the new task asks for directions the "
+                       "merge does not hold yet. r_p is NUFILT's own, 128 for the other methods (clamped to the layer "
+                       "width: a basis of the whole input space gives 0°).")
+            ui.chart(figures.step_spectra_figure(spectra, chosen_step), spectra, "step_spectra")
+        with st.expander("Mean per step (old tasks vs the new one)"):
+            st.dataframe(summarize_geometry(geometry), hide_index=True)
 
 # ---------------------------------------------------------------- before merging: Fig. 2
 st.subheader("Before merging: task data x task vectors (Fig. 2)")

@@ -18,8 +18,9 @@ config, backbone, run = ui.require_run()
 ui.merge_controls(run, "merge")
 
 summary = run.summary()
+scores = st.container()  # drawn at step 0 too, so the charts below keep their place in the page
 if run.steps_done:
-    columns = st.columns(len(summary))
+    columns = scores.columns(len(summary))
     for column, row in zip(columns, summary.itertuples(), strict=True):
         # BWT needs an earlier task: none after the first step (no arrow, no green "+0.0")
         bwt = f"{row.bwt:+.1f} BWT" if row.steps > 1 else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import time
 import weakref
 from typing import Any
 
@@ -366,25 +365,28 @@ def _progress_text(job: RunJob) -> str:
     return f"Merging: {job.message} (it goes on if you leave this page)"
 
 
-def follow(job: RunJob, shown: int, bar) -> None:
-    """After the page is drawn: keep the progress bar fresh while the job runs, and rerun the page
-    (every chart) when a step is done. Each update lets Streamlit take a pending click (Stop, a page
-    link), at the latest when the next method of the step starts."""
-    drawn = (job.fraction, job.message)
-    while job.running and job.steps_done == shown:
-        time.sleep(0.2)
-        if (job.fraction, job.message) != drawn:  # (redrawn only on change: the browser stays responsive)
-            drawn = (job.fraction, job.message)
-            bar.progress(job.fraction, text=_progress_text(job))
-    st.rerun()
+def watch(job: RunJob, shown: int) -> None:
+    """While the job runs: a fragment that keeps the progress bar fresh and reruns the whole page
+    (every chart) once a step is done. The page's own run ends as usual (so Streamlit clears the
+    previous step's elements, takes a click at once and the buttons stay live), and the job hears
+    when the page is drawn (`RunJob.drawn`, after the page) so a watched run shows every step."""
+
+    def tick() -> None:
+        if not job.running or job.steps_done != shown:
+            st.rerun(scope="app")
+        job.watching()
+        st.progress(job.fraction, text=_progress_text(job))
+
+    st.fragment(tick, run_every=0.3)()
+    nav.after_page(lambda: job.drawn(shown))
 
 
 def merge_controls(run: appstate.MultiRun, prefix: str) -> None:
     """'Merge next task' / 'Run to the end' / 'Stop' / 'Reset' over the run's background job.
 
-    A click starts work in the job and returns; while it runs the buttons are off and, once the
-    page is drawn, `follow` waits for the step and reruns the whole page (every chart redrawn). A click
-    carries the step the page showed, so a stale click (double click) is refused with a reason.
+    A click starts work in the job and returns; while it runs the buttons are off and `watch`
+    reruns the whole page (every chart redrawn) after each step. A click carries the step the page
+    showed, so a stale click (double click) is refused with a reason.
     """
     job = _JOBS[id(run)]
     busy, done, total = job.running, run.steps_done, len(run.order)
@@ -405,19 +407,22 @@ def merge_controls(run: appstate.MultiRun, prefix: str) -> None:
         + (f" · last step took {run.last_step_seconds:.2f} s ({run.last_step_cpu_seconds:.2f} s CPU)"
            if run.last_step_seconds else "")
     )
+    # Everything that comes and goes sits in containers drawn on every run: while a run streams, each
+    # step's rerun then replaces the charts below in place (a shifted element tree left the previous
+    # step's charts on the page, faded, beside the new ones, until the run's last step)
+    notes, progress = st.container(), st.container()
     refusal = st.session_state.get(f"{prefix}.refusal")
     if refusal:
-        st.warning(refusal)
+        notes.warning(refusal)
     if job.error:
-        st.error(f"The merge step failed: {job.error}")
+        notes.error(f"The merge step failed: {job.error}")
     if job.stopped_at is not None and not busy:
-        st.info(f"Stopped after step {job.stopped_at} (Stop pressed); 'Run to the end' goes on from there.")
+        notes.info(f"Stopped after step {job.stopped_at} (Stop pressed); 'Run to the end' goes on from there.")
     if job.interrupted_at is not None and not busy:
-        st.info(f"This run was heading for step {job.target} when the server stopped; it stopped at step "
-                f"{job.interrupted_at}. 'Run to the end' goes on from there.")
+        notes.info(f"This run was heading for step {job.target} when the server stopped; it stopped at step "
+                   f"{job.interrupted_at}. 'Run to the end' goes on from there.")
     if busy:
-        bar = st.empty()
-        bar.progress(job.fraction, text=_progress_text(job))
-        nav.after_page(lambda: follow(job, done, bar))
+        with progress:
+            watch(job, done)
     for message in run.messages:
-        st.warning(message)
+        notes.warning(message)

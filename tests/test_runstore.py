@@ -106,3 +106,40 @@ def test_stop_ends_a_run_to_the_end_after_the_step_in_progress(config_and_backbo
     assert job.wait(120)
     assert job.stopped_at is not None and job.steps_done == job.stopped_at < 3
     assert job.reset() is None and run.steps_done == 0
+
+
+def test_a_watched_run_waits_until_each_step_is_drawn_and_an_unwatched_one_does_not(config_and_backbone):
+    import threading
+    import time
+
+    config, backbone = config_and_backbone
+    job = RunJob(new_run(config, backbone))
+    job.pace, job.view_timeout = 0.3, 30.0
+    drawn_at: dict[int, int] = {}  # step drawn -> the run's step count when the page drew it
+
+    def page() -> None:  # what `pages/ui.follow` does for one open page: watch, draw each step late
+        shown = 0
+        while job.running or job.steps_done > shown:
+            if job.steps_done > shown:
+                time.sleep(0.5)  # a slow browser: the step reaches the screen half a second later
+                shown = job.steps_done
+                drawn_at[shown] = job.run.steps_done
+                job.drawn(shown)
+            else:
+                job.watching()
+                time.sleep(0.02)
+
+    assert job.request(shown=0, steps=None) is None
+    viewer = threading.Thread(target=page)
+    viewer.start()
+    assert job.wait(120)
+    viewer.join(30)
+    # every step was drawn before the next one was merged: the page saw 1, 2, 3 in turn
+    assert drawn_at == {1: 1, 2: 2, 3: 3}
+    assert job.waited >= 2 * (0.5 + 0.3) - 0.1  # two waits (after steps 1 and 2), each drawing + pace
+    assert "showing each step" in job.message
+
+    assert job.reset() is None
+    job.view_timeout = 30.0
+    assert job.request(shown=0, steps=None) is None  # nobody watching: no waiting
+    assert job.wait(120) and job.steps_done == 3 and job.waited == 0.0
