@@ -9,8 +9,6 @@ nav.require_app()
 
 st.title("Compare with the paper")
 
-import time
-
 import pandas as pd
 
 from nufilt import appstate, figures
@@ -52,36 +50,53 @@ if config.n_tasks in (8, 14, 20):
         jobs = [((config.backbone_key(), repr(spec), tuple(order)), spec, tuple(order)) for spec in specs
                 for order in orders]
         done: list = st.session_state.setdefault("paper.computed", [])
+        work = ui.work_job("paper")  # the runs go on in the background; the page polls them
+        for (key, label, order), document in work.take().items():
+            spec = next((spec for spec in specs if spec.label == label), None)
+            if spec is not None and key not in done:  # (None: the method was dropped on Setup meanwhile)
+                order_run(key, label, order, spec, backbone, document)
+                done.append(key)
+        if work.seconds:
+            st.session_state["paper.seconds_per_run"] = sum(work.seconds) / len(work.seconds)
+        ui.work_notes(work)
         missing = [job for job in jobs if job[0] not in done]
-        if missing and st.button(f"Run every method on orders 1..{int(count)} ({len(missing)} runs)",
-                                 key="paper.run"):
-            bar = st.progress(0.0)
-            started = time.perf_counter()
-            workers = appstate.grid_workers(config, len(missing), st.session_state.get("paper.seconds_per_run"))
+
+        def run_items(runs: list) -> list:
+            """The job's items: one per run in this process, or one for all of them on Ray workers."""
+            workers = appstate.grid_workers(config, len(runs), st.session_state.get("paper.seconds_per_run"))
+            names = [f"{spec.label}, order {orders.index(list(order)) + 1}" for _, spec, order in runs]
             if workers is None:
-                for i, (key, spec, order) in enumerate(missing):
-                    bar.progress(i / len(missing), text=f"{spec.label}, order {orders.index(list(order)) + 1}")
-                    order_run(key, spec.label, order, spec, backbone)
-                    done.append(key)
-                    st.session_state["paper.seconds_per_run"] = (time.perf_counter() - started) / (i + 1)
-            else:  # every missing run at once on the Ray workers (nufilt.grid)
-                bar.progress(0.0, text=f"starting {workers.count} workers")
-                cells = [Cell(run_order, spec, order, f"{spec.label}, order {orders.index(list(order)) + 1}")
-                         for _, spec, order in missing]
+                def one(key, spec, order):
+                    return lambda keep, progress: keep((key, spec.label, order),
+                                                       run_order(backbone, spec, list(order)).to_json())
+                return [(name, one(*run)) for name, run in zip(names, runs, strict=True)]
+
+            def on_workers(keep, progress) -> None:
+                cells = [Cell(run_order, spec, order, name) for (_, spec, order), name in zip(runs, names, strict=True)]
                 try:
-                    values = run_grid(cells, workers, progress=lambda message, fraction: bar.progress(fraction,
-                                                                                                      message)).values
-                except GridError as error:  # keep the runs that completed
-                    st.error(str(error))
+                    values = run_grid(cells, workers, progress=progress).values
+                except GridError as error:  # keep the runs that completed, then report the others
                     values = [error.values.get(i) for i in range(len(cells))]
-                for (key, spec, order), computed in zip(missing, values, strict=True):
+                    failure = error
+                else:
+                    failure = None
+                for (key, spec, order), computed in zip(runs, values, strict=True):
                     if computed is not None:
-                        order_run(key, spec.label, order, spec, backbone, computed.to_json())
-                        done.append(key)
-            bar.empty()
-            missing = [job for job in jobs if job[0] not in done]
-            if not missing:
-                st.rerun()  # redraw without the (now stale) button
+                        keep((key, spec.label, order), computed.to_json())
+                if failure is not None:
+                    raise failure
+
+            return [(f"{len(runs)} runs on {workers.count} workers", on_workers)]
+
+        if work.running:
+            ui.work_panel(work, "paper.run", "Running the orders…")
+        elif missing and st.button(f"Run every method on orders 1..{int(count)} ({len(missing)} runs)",
+                                   key="paper.run"):
+            refusal = work.start(run_items(missing))
+            if refusal:
+                st.warning(refusal)
+            else:
+                st.rerun()  # drawn again with the job running: the button off, Stop and the progress on
         if not missing:
             runs = [Run(**order_run(key, spec.label, order, spec, backbone)) for key, spec, order in jobs]
             summary = summarize(runs)

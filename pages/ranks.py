@@ -9,13 +9,10 @@ nav.require_app()
 
 st.title("Rank sensitivity")
 
-import time
-
 import pandas as pd
 
 from nufilt import appstate, figures
 from nufilt.analysis import rank_sweep, summarize_sweep, sweep_settings
-from nufilt.grid import GridError
 from pages import ui
 
 ui.init_state()
@@ -32,12 +29,21 @@ st.caption(f"NUFILT on this run's order ({len(run.order)} tasks), one full run p
 def sweep_point(key: tuple, order: tuple[str, ...], parameter: str, value: int, fixed: tuple, options: tuple,
                 device: str, seed: int, _backbone, _computed: dict | None = None) -> dict:
     """ACC/BWT of one NUFILT run with `parameter = value` (cached: a point is computed once);
-    `_computed`: the point as Ray workers computed it, stored under the same key."""
+    `_computed`: the point as the page's background job computed it, stored under the same key."""
     if _computed is not None:
         return _computed
     table = rank_sweep(_backbone, parameter, [value], dict(fixed), [list(order)], {"nufilt": dict(options)},
                        device=device, seed=seed)
     return table.iloc[0].to_dict()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _listed(values: list[int], shown: int = 12) -> str:
+    text = ", ".join(map(str, values[:shown]))
+    return text + (f", … ({len(values)} in all)" if len(values) > shown else "")
 
 
 parameter = st.radio("Rank to sweep", RANKS, horizontal=True, key="ranks.parameter")
@@ -73,44 +79,66 @@ def point_key(value: int) -> tuple:
     return (*base, value, tuple(sorted(fixed.items())), options, config.seed)
 
 
+def store(key: tuple, row: dict) -> None:
+    """A point the background job computed, into the page's cache under its key."""
+    (backbone_key, order, name, value, fixed_items, opts, seed), device = key
+    sweep_point(backbone_key, order, name, value, fixed_items, opts, device, seed, backbone, row)
+    if key[0] not in computed:
+        computed.append(key[0])
+
+
+job = ui.work_job("ranks")  # the points are computed in the background; the page polls it
+for key, row in job.take().items():
+    store(key, row)
+if job.seconds:
+    st.session_state["ranks.seconds_per_point"] = sum(job.seconds) / len(job.seconds)
+ui.work_notes(job)
+
 missing = [value for value in values if point_key(value) not in computed]
 per_point = st.session_state.get("ranks.seconds_per_point")
-estimate = f", about {len(missing) * per_point:.0f} s" if per_point else ""
-if missing and st.button(f"Compute {len(missing)} missing point(s){estimate}", type="primary", key="ranks.compute"):
-    bar = st.progress(0.0, text="sweeping…")
-    started = time.perf_counter()
-    workers = appstate.grid_workers(config, len(missing), per_point)
-    if workers is not None:  # every missing point at once on the Ray workers (nufilt.grid)
-        try:
-            table = rank_sweep(backbone, parameter, missing, fixed, [list(run.order)], {"nufilt": dict(options)},
-                               progress=lambda message, fraction: bar.progress(fraction, message), workers=workers,
-                               device=config.device, seed=config.seed)
-        except (ValueError, TypeError, GridError) as error:
-            st.error(f"{parameter}: {error}")
-            table = pd.DataFrame()
+if per_point is None:  # before the first point: from this run's NUFILT steps, if it has any
+    steps = run.metrics()
+    steps = steps[steps["method"].isin([s.label for s in config.specs(backbone) if s.method == "nufilt"])]
+    if len(steps):
+        per_point = len(run.order) * float(steps["merge_seconds"].mean()) + 2 * float(steps["eval_seconds"].mean())
+estimate = f", about {_duration(len(missing) * per_point)}" if per_point else ""
+
+
+def point_items(values_to_compute: list[int]) -> list:
+    """The job's items: one per point in this process, or one for all of them on Ray workers."""
+    sweep = dict(parameter=parameter, fixed=dict(fixed), orders=[list(run.order)],
+                 overrides={"nufilt": dict(options)}, device=config.device, seed=config.seed)
+    workers = appstate.grid_workers(config, len(values_to_compute), per_point)
+
+    def keep_rows(keep, table) -> None:
         for row in table.to_dict("records"):
-            value = int(row["value"])
-            sweep_point(config.backbone_key(), tuple(run.order), parameter, value, tuple(sorted(fixed.items())),
-                        options, config.device, config.seed, backbone, row)
-            computed.append(point_key(value))
-        if len(table):
-            st.session_state["ranks.seconds_per_point"] = (time.perf_counter() - started) / len(table)
-    for i, value in enumerate(missing if workers is None else []):
-        bar.progress(i / len(missing), text=f"{parameter} = {value}: merging {len(run.order)} tasks")
-        try:
-            sweep_point(config.backbone_key(), tuple(run.order), parameter, value, tuple(sorted(fixed.items())),
-                        options, config.device, config.seed, backbone)
-        except (ValueError, TypeError) as error:
-            st.error(f"{parameter} = {value}: {error}")
-            break
-        computed.append(point_key(value))
-        st.session_state["ranks.seconds_per_point"] = (time.perf_counter() - started) / (i + 1)
+            keep((point_key(int(row["value"])), config.device), row)
+
+    if workers is not None:  # every point at once on the Ray workers (nufilt.grid)
+        def on_workers(keep, progress) -> None:  # (a GridError names the cells that failed twice)
+            keep_rows(keep, rank_sweep(backbone, values=values_to_compute, progress=progress, workers=workers,
+                                       **sweep))
+
+        return [(f"{len(values_to_compute)} points on {workers.count} workers", on_workers)]
+
+    def one(value: int):
+        return lambda keep, progress: keep_rows(keep, rank_sweep(backbone, values=[value], **sweep))
+
+    return [(f"{parameter} = {value}: merging {len(run.order)} tasks", one(value)) for value in values_to_compute]
+
+
+if job.running:
+    ui.work_panel(job, "ranks.compute", "Computing points…")
+elif missing and st.button(f"Compute {len(missing)} missing point(s){estimate}", type="primary", key="ranks.compute"):
+    refusal = job.start(point_items(missing))
+    if refusal:
+        st.warning(refusal)
     else:
-        st.rerun()  # every point done: redraw without the (now stale) Compute button
-    bar.empty()
-    missing = [value for value in values if point_key(value) not in computed]
+        st.rerun()  # drawn again with the job running: the button off, Stop and the progress on
 if missing:
-    st.caption(f"Not computed yet: {', '.join(map(str, missing))} (each point is one full run of NUFILT).")
+    st.caption(f"Not computed yet: {_listed(missing)} (each point is one full run of NUFILT over "
+               f"{len(run.order)} tasks, computed in the background: you can leave this page meanwhile; Stop "
+               "ends the work after the point in progress).")
 
 rows = [
     sweep_point(config.backbone_key(), tuple(run.order), parameter, value, tuple(sorted(fixed.items())), options,

@@ -23,6 +23,7 @@ import torch
 from nufilt import appstate
 from nufilt.appstate import appurl, runstore
 from nufilt.appstate.runjob import RunJob
+from nufilt.appstate.workjob import WorkJob
 from nufilt.backbones import EMBEDDED
 from nufilt.roots import allowed_roots, check_allowed
 from nufilt.zoo.config import ENV_PRESET
@@ -351,6 +352,37 @@ def chart(fig: go.Figure, table: pd.DataFrame, name: str) -> None:
         "⬇ CSV", table.to_csv(index=False), file_name=f"{name}.csv", mime="text/csv", key=f"csv.{name}",
         on_click="ignore", help=f"the data of this figure ({len(table)} rows)",
     )
+
+
+def work_job(name: str) -> WorkJob:
+    """This session's background job for a page's long work (`appstate.WorkJob`): it goes on when
+    the visitor switches pages, and the page shows it again when they come back."""
+    return st.session_state.setdefault(f"{name}.job", WorkJob())
+
+
+def work_panel(job: WorkJob, key: str, working: str) -> None:
+    """While `job` runs: its button drawn disabled as `working`, a Stop button, and a progress bar
+    kept fresh by a fragment that reruns the page when the job has ended."""
+    row = st.container(horizontal=True, gap="small")
+    row.button(working, key=f"{key}.busy", disabled=True)
+    row.button("Stop", key=f"{key}.stop", on_click=job.stop, help="End the work after the item in progress")
+
+    def tick() -> None:
+        if not job.running:
+            st.rerun(scope="app")
+        st.progress(job.fraction, text=f"{job.message} (it goes on if you leave this page)")
+
+    st.fragment(tick, run_every=0.5)()
+
+
+def work_notes(job: WorkJob) -> None:
+    """How the job's last start ended, when it ended early."""
+    if job.error:
+        st.error(job.error)
+    if job.stopped and not job.running:
+        done = job.message.replace(" (stopped)", "")
+        st.info(f"Stopped after the item in progress: {done}. What was computed is kept, and the button goes on "
+                "with the rest.")
 
 
 def _request(job: RunJob, prefix: str, shown: int, steps: int | None) -> None:

@@ -53,13 +53,18 @@ def forget_session_resources() -> None:
 
 
 def settle(at, timeout: float = 120.0):
-    """Wait for the background merge jobs of the app (`ui.job_for`), then run the script again:
-    a click only starts the work; the page shows its result on the next run."""
+    """Wait for the background jobs of the app (merge runs, `ui.job_for`; the Ranks and Compare
+    pages' work, `ui.work_job`), then run the script again: a click only starts the work; the page
+    shows its result on the next run."""
     import time
 
+    from nufilt.appstate.workjob import WorkJob
     from pages import ui
 
     deadline = time.monotonic() + timeout
-    for job in list(ui._JOBS.values()):
+    jobs = list(ui._JOBS.values())
+    jobs += [value for value in at.session_state.values()
+             if isinstance(value, WorkJob)]  # the Ranks / Compare pages' background work
+    for job in jobs:
         job.wait(max(deadline - time.monotonic(), 0.0))
     return at.run()

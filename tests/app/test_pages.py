@@ -241,11 +241,22 @@ def test_stability_page_shows_both_losses_after_two_steps(app):
 
 
 @pytest.mark.slow
+def test_ranks_page_estimates_the_work_from_the_runs_own_steps_before_any_point(app):
+    open_page(app, "ranks")
+    labels = [b.label for b in app.button if b.key == "ranks.compute"]
+    assert labels and "about" not in labels[0]  # nothing measured yet: no invented estimate
+    open_page(app, "merge")
+    settle(app.button(key="merge.step").click().run())
+    open_page(app, "ranks")
+    labels = [b.label for b in app.button if b.key == "ranks.compute"]
+    assert len(labels) == 1 and ", about " in labels[0] and labels[0].endswith(" s"), labels
+
+
 def test_ranks_page_computes_points_once_and_reuses_them(app):
     open_page(app, "ranks")
     assert_clean(app)
     app.text_input(key="ranks.values.r_p").set_value("0, 4").run()
-    app.button(key="ranks.compute").click().run()
+    settle(app.button(key="ranks.compute").click().run())
     assert_clean(app)
     curve = chart(app, "NUFILT rank sensitivity: r_p")
     assert values(curve["data"][0]["x"]) == [0, 4]
@@ -258,7 +269,7 @@ def test_ranks_page_computes_points_once_and_reuses_them(app):
     app.text_input(key="ranks.values.r_p").set_value("1-1000:1").run()  # 1000 points: refused before any work
     assert any("at most 24" in e.value for e in app.error)
     app.text_input(key="ranks.values.r_p").set_value("4, 100000").run()
-    app.button(key="ranks.compute").click().run()
+    settle(app.button(key="ranks.compute").click().run())
     assert_clean(app)
     assert any("clamped to" in w.value for w in app.warning)
     curve = chart(app, "NUFILT rank sensitivity: r_p")
@@ -272,7 +283,7 @@ def test_ranks_page_computes_its_points_on_two_ray_workers(app, monkeypatch):
     open_page(app, "ranks")
     app.text_input(key="ranks.values.r_p").set_value("0, 4").run()
     try:
-        app.button(key="ranks.compute").click().run(timeout=300)
+        settle(app.button(key="ranks.compute").click().run(timeout=300), timeout=600)
         assert ray.is_initialized()  # the grid ran on Ray, whose session the app keeps for the next job
     finally:
         ray.shutdown()
