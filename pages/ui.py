@@ -354,6 +354,11 @@ def chart(fig: go.Figure, table: pd.DataFrame, name: str) -> None:
     )
 
 
+# how often a page polls a running job (a fragment rerun; `runner.postScriptGC = false` in
+# .streamlit/config.toml keeps such reruns cheap for the job's threads)
+WATCH_SECONDS = float(os.environ.get("NUFILT_WATCH_SECONDS", "1.0"))
+
+
 def work_job(name: str) -> WorkJob:
     """This session's background job for a page's long work (`appstate.WorkJob`): it goes on when
     the visitor switches pages, and the page shows it again when they come back."""
@@ -372,7 +377,7 @@ def work_panel(job: WorkJob, key: str, working: str) -> None:
             st.rerun(scope="app")
         st.progress(job.fraction, text=f"{job.message} (it goes on if you leave this page)")
 
-    st.fragment(tick, run_every=0.5)()
+    st.fragment(tick, run_every=WATCH_SECONDS)()
 
 
 def work_notes(job: WorkJob) -> None:
@@ -409,7 +414,7 @@ def watch(job: RunJob, shown: int) -> None:
         job.watching()
         st.progress(job.fraction, text=_progress_text(job))
 
-    st.fragment(tick, run_every=0.3)()
+    st.fragment(tick, run_every=WATCH_SECONDS)()
     nav.after_page(lambda: job.drawn(shown))
 
 

@@ -47,11 +47,11 @@ NOT_RUN = {
 }
 # benchmarks that take 3-12 minutes: their flags are checked against the script's --help here,
 # their --quick variants run in tests/test_bench_scripts.py
-# (docs/screenshots.py and bench/first_step.py start the app and a browser for minutes; tests/e2e drives
-# the same app)
+# (docs/screenshots.py, bench/first_step.py and bench/browser_steps.py start the app and a browser for
+# minutes; tests/e2e drives the same app)
 LONG_SCRIPTS = (
     "bench/merge_speed.py", "bench/memory.py", "bench/zoo_build.py", "bench/grid_workers.py", "bench/zoo_study.py",
-    "docs/screenshots.py", "bench/first_step.py",
+    "docs/screenshots.py", "bench/first_step.py", "bench/browser_steps.py",
 )
 
 

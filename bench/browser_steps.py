@@ -1,0 +1,116 @@
+"""Merge steps clicked in the real app in headless Chromium: seconds until each step is on screen,
+and the server's own merge / scoring / analysis seconds per method (from the run it saved).
+
+Starts `streamlit run app.py` from the repository root (so .streamlit/config.toml applies) on a
+built zoo, opens the Merge page, clicks "Merge next task" `--steps` times and waits each time for
+"Step k" on screen. `--gc` turns Streamlit's `gc.collect()` after every script run back on (the
+config turns it off): the page polls a running step from a fragment, and those collections slowed
+a default-zoo step 10-20x (docs/app.md). Prints the cores and the load average.
+
+    NUFILT_CACHE_DIR=/work/zoo-cache python bench/browser_steps.py --steps 3
+    NUFILT_CACHE_DIR=/work/zoo-cache python bench/browser_steps.py --steps 3 --gc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from first_step import FLAGS, ROOT, body_text, click, free_port, wait_for  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="merge steps to click (default 3)")
+    parser.add_argument("--gc", action="store_true", help="Streamlit's post-run gc.collect() on (the config: off)")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for one step (default 300)")
+    args = parser.parse_args()
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        print("selenium is not installed (pip install -r requirements.txt)", file=sys.stderr)
+        return 2
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver") or "/usr/lib/chromium/chromedriver"
+    if not chromium or not os.path.isfile(driver_path):
+        print("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)", file=sys.stderr)
+        return 2
+
+    runs = Path(tempfile.mkdtemp(prefix="nufilt-browser-steps-"))  # this run's saved file only
+    env = {**os.environ, "NUFILT_RUNS_DIR": str(runs), "NUFILT_APP_WORKERS": "0"}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true", f"--server.port={port}",
+               "--server.address=127.0.0.1", f"--runner.postScriptGC={'true' if args.gc else 'false'}"]
+    load_before = os.getloadavg()
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in FLAGS:
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="nufilt-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
+    driver, shown = None, []
+    try:
+        driver = webdriver.Chrome(options=options, service=Service(driver_path))
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    return response.read().strip() == b"ok"
+            except OSError:
+                return False
+
+        wait_for(healthy, 60, "the server")
+        driver.get(f"{url}/merge")
+        wait_for(lambda: re.search(r"Step 0 / \d+", body_text(driver)), 600, "the Merge page (models loaded)")
+        for step in range(1, args.steps + 1):
+            click(driver, """return Array.from(document.querySelectorAll('button'))
+                               .find(b => b.innerText.trim() === 'Merge next task' && !b.disabled) || null;""",
+                  "the Merge next task button")
+            start = time.perf_counter()
+            wait_for(lambda step=step: re.search(rf"Step {step} / \d+", body_text(driver)), args.timeout,
+                     f"step {step}")
+            shown.append(time.perf_counter() - start)
+        saved = wait_for(lambda: list(runs.glob("*.pt")), 30, "the saved run")
+        rows = json.loads(torch.load(saved[0], weights_only=True)["rows"])["metrics"]
+    except TimeoutError as error:
+        print(f"browser_steps: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if driver is not None:
+            driver.quit()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+        shutil.rmtree(runs, ignore_errors=True)
+        shutil.rmtree(profile, ignore_errors=True)
+    load_after = os.getloadavg()
+    print(f"post-run gc {'on' if args.gc else 'off'}; {os.cpu_count()} cores; load average "
+          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after")
+    print(f"{'step':>4} {'on screen s':>11} | per method (server): merge / scoring / analysis s")
+    for step, seconds in enumerate(shown, start=1):
+        parts = [f"{row['method']} {row['merge_seconds']:.2f} / {row['eval_seconds']:.2f} / "
+                 f"{row['analysis_seconds']:.2f}" for row in rows if row["step"] == step]
+        print(f"{step:>4} {seconds:>11.1f} | " + "; ".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
