@@ -101,7 +101,8 @@ def accuracy_matrices(accuracy: pd.DataFrame, order: Sequence[str]) -> go.Figure
             ),
             row=1, col=col,
         )
-        fig.update_xaxes(tickangle=-45, row=1, col=col)
+        # every task labelled (Plotly drops every other category label when the panels are narrow)
+        fig.update_xaxes(tickangle=-45, tickmode="array", tickvals=list(order), tickfont={"size": 10}, row=1, col=col)
     fig.update_yaxes(title_text="step t", autorange="reversed", dtick=1, row=1, col=1)
     fig.update_layout(title=title, height=260 + 18 * len(order), margin={"t": 70})
     return fig
@@ -171,7 +172,7 @@ def removed_energy_bars(layers: pd.DataFrame, step: int) -> go.Figure:
     That is what NUFILT's null-space filter removes from the new task vector. `layers`: method,
     step, layer, removed_energy (one row per filtered layer).
     """
-    title = f"Energy removed by the null-space filter at step {step}"
+    title = f"Energy removed by the filter, step {step}"
     _require(layers, ["method", "step", "layer", "removed_energy"], "removed_energy_bars")
     rows = layers[layers["step"] == step]
     if rows.empty:

@@ -118,6 +118,9 @@ if embedded:
     )
     checks = appstate.qualitative_checks(results, paper_rows)
     st.dataframe(checks.replace({True: "yes", False: "no", None: "–"}), hide_index=True)
+    for claim, note in zip(checks["claim"], checks["note"], strict=True):  # the note column is off screen at 1000 px
+        if note:
+            st.caption(f"{claim}: {note}.")
     st.download_button("⬇ CSV", checks.to_csv(index=False), file_name="qualitative_checks.csv", mime="text/csv",
                        key="csv.qualitative_checks", on_click="ignore")
 elif not paper_rows:

@@ -33,6 +33,8 @@ def test_accuracy_matrices_one_lower_triangular_heatmap_per_method():
     assert fig.data[0].zmin == 0 and fig.data[0].zmax == 100
     assert "task %{x}" in fig.data[0].hovertemplate
     assert fig.data[0].text[0][1] == ""  # no label in unseen cells
+    # every task has its label on every panel (narrow panels used to show every other one)
+    assert [list(fig.layout[axis].tickvals) for axis in ("xaxis", "xaxis2")] == [list(ORDER)] * 2
 
 
 def test_task_lines_and_acc_bwt_lines_have_one_trace_per_task_and_method():

@@ -303,6 +303,8 @@ def test_paper_page_compares_the_run_qualitatively_on_the_embedded_zoo(app):
     assert {trace["name"] for trace in bars["data"]} == {"paper", "this run"}
     claims = app.dataframe[0].value
     assert "NUFILT has the highest ACC of the continual methods" in list(claims["claim"])
+    # two methods cannot be ranked: the reason is on the page, not only in a column off screen
+    assert any("Kendall" in c.value and "at least 3 methods" in c.value for c in app.caption)
 
 
 def test_a_missing_zoo_is_built_in_the_background_with_progress(micro_zoo_dir, tmp_path, monkeypatch):
