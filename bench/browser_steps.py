@@ -18,18 +18,15 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from first_step import FLAGS, ROOT, body_text, click, free_port, wait_for  # noqa: E402
+from browser import app_in_chromium, body_text, browser_missing, click, wait_for  # noqa: E402
 
 
 def main() -> int:
@@ -40,67 +37,35 @@ def main() -> int:
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("--steps must be at least 1")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        print("selenium is not installed (pip install -r requirements.txt)", file=sys.stderr)
-        return 2
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver") or "/usr/lib/chromium/chromedriver"
-    if not chromium or not os.path.isfile(driver_path):
-        print("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)", file=sys.stderr)
+    missing = browser_missing()
+    if missing:
+        print(missing, file=sys.stderr)
         return 2
 
     runs = Path(tempfile.mkdtemp(prefix="nufilt-browser-steps-"))  # this run's saved file only
     env = {**os.environ, "NUFILT_RUNS_DIR": str(runs), "NUFILT_APP_WORKERS": "0"}
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true", f"--server.port={port}",
-               "--server.address=127.0.0.1", f"--runner.postScriptGC={'true' if args.gc else 'false'}"]
+    flags = [f"--runner.postScriptGC={'true' if args.gc else 'false'}"]
     load_before = os.getloadavg()
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in FLAGS:
-        options.add_argument(flag)
-    profile = tempfile.mkdtemp(prefix="nufilt-chromium-")
-    options.add_argument(f"--user-data-dir={profile}")
-    driver, shown = None, []
+    shown: list[float] = []
     try:
-        driver = webdriver.Chrome(options=options, service=Service(driver_path))
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    return response.read().strip() == b"ok"
-            except OSError:
-                return False
-
-        wait_for(healthy, 60, "the server")
-        driver.get(f"{url}/merge")
-        wait_for(lambda: re.search(r"Step 0 / \d+", body_text(driver)), 600, "the Merge page (models loaded)")
-        for step in range(1, args.steps + 1):
-            click(driver, """return Array.from(document.querySelectorAll('button'))
-                               .find(b => b.innerText.trim() === 'Merge next task' && !b.disabled) || null;""",
-                  "the Merge next task button")
-            start = time.perf_counter()
-            wait_for(lambda step=step: re.search(rf"Step {step} / \d+", body_text(driver)), args.timeout,
-                     f"step {step}")
-            shown.append(time.perf_counter() - start)
-        saved = wait_for(lambda: list(runs.glob("*.pt")), 30, "the saved run")
-        rows = json.loads(torch.load(saved[0], weights_only=True)["rows"])["metrics"]
+        with app_in_chromium(env, flags) as (driver, url, _):
+            driver.get(f"{url}/merge")
+            wait_for(lambda: re.search(r"Step 0 / \d+", body_text(driver)), 600, "the Merge page (models loaded)")
+            for step in range(1, args.steps + 1):
+                click(driver, """return Array.from(document.querySelectorAll('button'))
+                                   .find(b => b.innerText.trim() === 'Merge next task' && !b.disabled) || null;""",
+                      "the Merge next task button")
+                start = time.perf_counter()
+                wait_for(lambda step=step: re.search(rf"Step {step} / \d+", body_text(driver)), args.timeout,
+                         f"step {step}")
+                shown.append(time.perf_counter() - start)
+            saved = wait_for(lambda: list(runs.glob("*.pt")), 30, "the saved run")
+            rows = json.loads(torch.load(saved[0], weights_only=True)["rows"])["metrics"]
     except TimeoutError as error:
         print(f"browser_steps: {error}", file=sys.stderr)
         return 1
     finally:
-        if driver is not None:
-            driver.quit()
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
         shutil.rmtree(runs, ignore_errors=True)
-        shutil.rmtree(profile, ignore_errors=True)
     load_after = os.getloadavg()
     print(f"post-run gc {'on' if args.gc else 'off'}; {os.cpu_count()} cores; load average "
           f"{load_before[0]:.1f} before, {load_after[0]:.1f} after")
