@@ -9,6 +9,7 @@ a default-zoo step 10-20x (docs/app.md). Prints the cores and the load average.
 
     NUFILT_CACHE_DIR=/work/zoo-cache python bench/browser_steps.py --steps 3
     NUFILT_CACHE_DIR=/work/zoo-cache python bench/browser_steps.py --steps 3 --gc
+    python bench/browser_steps.py --quick      # the micro zoo (3 tasks), built in a temporary cache: a smoke run
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from browser import app_in_chromium, body_text, browser_missing, click, wait_for  # noqa: E402
+from _browser import app_in_chromium, body_text, browser_missing, click, wait_for  # noqa: E402
 
 
 def main() -> int:
@@ -34,6 +35,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="merge steps to click (default 3)")
     parser.add_argument("--gc", action="store_true", help="Streamlit's post-run gc.collect() on (the config: off)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for one step (default 300)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the micro zoo (3 tasks, NUFILT_ZOO_PRESET=micro) in a temporary cache")
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("--steps must be at least 1")
@@ -44,6 +47,9 @@ def main() -> int:
 
     runs = Path(tempfile.mkdtemp(prefix="nufilt-browser-steps-"))  # this run's saved file only
     env = {**os.environ, "NUFILT_RUNS_DIR": str(runs), "NUFILT_APP_WORKERS": "0"}
+    if args.quick:  # built on the first visit (the micro preset builds without a click)
+        env.update(NUFILT_ZOO_PRESET="micro", NUFILT_CACHE_DIR=str(runs / "zoo"))
+        args.steps = min(args.steps, 3)
     flags = [f"--runner.postScriptGC={'true' if args.gc else 'false'}"]
     load_before = os.getloadavg()
     shown: list[float] = []
@@ -59,7 +65,7 @@ def main() -> int:
                 wait_for(lambda step=step: re.search(rf"Step {step} / \d+", body_text(driver)), args.timeout,
                          f"step {step}")
                 shown.append(time.perf_counter() - start)
-            saved = wait_for(lambda: list(runs.glob("*.pt")), 30, "the saved run")
+            saved = wait_for(lambda: list(runs.glob("run-*.pt")), 30, "the saved run")
             rows = json.loads(torch.load(saved[0], weights_only=True)["rows"])["metrics"]
     except TimeoutError as error:
         print(f"browser_steps: {error}", file=sys.stderr)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from browser import app_in_chromium, body_text, browser_missing, click, wait_for  # noqa: E402
+from _browser import app_in_chromium, body_text, browser_missing, click, wait_for  # noqa: E402
 
 
 def main() -> int:

@@ -1,6 +1,7 @@
 """What the browser benchmarks share: `streamlit run app.py` from the repository root (so
 .streamlit/config.toml applies) on a free port, Debian's headless Chromium driven by selenium,
-and small waits. Not a script: `bench/first_step.py` and `bench/browser_steps.py` import it."""
+and small waits. Not a script (hence the underscore): `bench/first_step.py` and
+`bench/browser_steps.py` import it."""
 
 from __future__ import annotations
 
