@@ -233,7 +233,7 @@ def float64_basis(basis: torch.Tensor) -> torch.Tensor:
         return basis
     basis = basis.double()
     kept = basis.norm(dim=-2, keepdim=True) > 0.5  # unit or zero columns
-    return torch.linalg.qr(basis).Q * kept
+    return orthonormalize(basis) * kept
 
 
 def principal_angles(basis_a: torch.Tensor, basis_b: torch.Tensor) -> torch.Tensor:

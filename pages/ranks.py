@@ -37,10 +37,6 @@ def sweep_point(key: tuple, order: tuple[str, ...], parameter: str, value: int, 
     return table.iloc[0].to_dict()
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-
 def _listed(values: list[int], shown: int = 12) -> str:
     text = ", ".join(map(str, values[:shown]))
     return text + (f", … ({len(values)} in all)" if len(values) > shown else "")
@@ -101,7 +97,7 @@ if per_point is None:  # before the first point: from this run's NUFILT steps, i
     steps = steps[steps["method"].isin([s.label for s in config.specs(backbone) if s.method == "nufilt"])]
     if len(steps):
         per_point = len(run.order) * float(steps["merge_seconds"].mean()) + 2 * float(steps["eval_seconds"].mean())
-estimate = f", about {_duration(len(missing) * per_point)}" if per_point else ""
+estimate = f", about {ui.duration(len(missing) * per_point)}" if per_point else ""
 
 
 def point_items(values_to_compute: list[int]) -> list:

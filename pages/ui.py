@@ -219,6 +219,11 @@ def current_backbone():
         return None, None
 
 
+def duration(seconds: float) -> str:
+    """An estimate as people read it: "40 s", "3 min" (minutes from 90 s on)."""
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
 def prepare_panel(job: appstate.PrepareJob, autostart: bool) -> bool:
     """Build/load status with a live progress bar (polled by a fragment); True when ready."""
     if job.state == "idle" and autostart:
@@ -248,7 +253,7 @@ def prepare_panel(job: appstate.PrepareJob, autostart: bool) -> bool:
         eta = job.eta_seconds()
         left = ""
         if eta is not None:
-            left = f" · about {eta / 60:.0f} min left" if eta >= 90 else f" · about {eta:.0f} s left"
+            left = f" · about {duration(eta)} left"
         st.progress(job.fraction, text=f"Building / loading the models: {job.message}{left}")
         st.caption("This runs in the background: you can keep choosing settings or switch pages.")
 

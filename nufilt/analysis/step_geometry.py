@@ -71,7 +71,8 @@ def step_geometry(
     `spectra=False` skips the angle and spectrum tables (and their r_p basis and full spectrum).
     `dtype`: the precision of the step's bases (the task vectors are formed in float64 and cast;
     the overlaps are computed in float64 either way). float32 halves the basis cost; the app
-    uses it: its affinities move by ~1e-6 (`bench/app_step.py --check` measures it)."""
+    uses it: its affinities move by ~1e-6 (tests/analysis/test_step_geometry.py checks them
+    against a float64 NumPy re-implementation)."""
     if not seen:
         raise ValueError("step geometry needs at least the new task in `seen`")
     for name, value in (("r_v", r_v), ("r_d", r_d), ("r_p", r_p), ("step", step)):
