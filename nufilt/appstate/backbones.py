@@ -94,7 +94,6 @@ class AppBackbone(DelegatingBackbone):
         n_test = inner.config.n_test if inner.name == EMBEDDED else None  # (a hub config loads files)
         self.max_eval = max_eval if n_test and max_eval and max_eval < n_test else None
         self._lock = threading.RLock()
-        self._data = None
         self._encoders: list[torch.nn.Module] = []  # idle encoders of `_evaluate_first`
 
     def evaluate(self, state: StateDict, tasks: Sequence[str]) -> dict[str, float]:
@@ -106,19 +105,17 @@ class AppBackbone(DelegatingBackbone):
     @torch.inference_mode()
     def _evaluate_first(self, state: StateDict, names: list[str]) -> dict[str, float]:
         """The embedded backbone's `evaluate` on the first `max_eval` test images of each task."""
-        from ..zoo.build import TaskData, accuracy, features, head_logits
+        from ..zoo.build import accuracy, features, head_logits
 
-        with self._lock:  # the shared parts: names checked, data and heads made once, an encoder taken
+        with self._lock:  # the shared parts: names checked, heads loaded once, an encoder taken
             for name in names:
                 self.inner.task(name)
             if not names:
                 return {}
-            if self._data is None:
-                self._data = TaskData(self.inner.config)
-            splits = [tuple(part[: self.max_eval] for part in self._data.get(name, "test")) for name in names]
             heads = self.inner.heads()
             encoder = self._encoders.pop() if self._encoders else self.inner.build_encoder(state)
-        try:
+        try:  # the test inputs are the inner backbone's (generated once, `warm_evaluation` ahead of a step)
+            splits = [tuple(part[: self.max_eval] for part in self.inner.test_split(name)) for name in names]
             encoder.load_state_dict(dict(state))
             feats = features(encoder, torch.cat([images for images, _ in splits]), self.inner.eval_batch)
         finally:

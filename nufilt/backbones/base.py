@@ -65,6 +65,11 @@ class Backbone(ABC):
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Keyword-argument batches to call the encoder with, `n_samples` inputs of `task` in all."""
 
+    def warm_evaluation(self, tasks: Sequence[str]) -> None:
+        """Make what `evaluate` needs for `tasks` ready ahead of time (e.g. generate test inputs),
+        so that a later evaluation spends its time scoring; the default does nothing."""
+        return None
+
     def reference(self) -> dict[str, dict[str, float]]:
         """{"pretrained": {task: acc}, "individual": {task: acc}}; backbones may cache it."""
         pre = self.pretrained_state()
@@ -112,6 +117,9 @@ class DelegatingBackbone(Backbone):
 
     def build_encoder(self, state: StateDict) -> nn.Module:
         return self.inner.build_encoder(state)
+
+    def warm_evaluation(self, tasks: Sequence[str]) -> None:
+        self.inner.warm_evaluation(tasks)
 
     def activation_batches(self, task: str, n_samples: int, split: str = "test") -> Iterator[dict[str, torch.Tensor]]:
         return self.inner.activation_batches(task, n_samples, split)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -117,11 +118,47 @@ def encoder_from_state(config: ZooConfig, state: Mapping[str, torch.Tensor]) -> 
     return encoder.eval()
 
 
+def _attention(attention: nn.Module, queries: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """A CLIP attention layer's output for the tokens `queries`, attending over `inputs` (no mask)."""
+    batch, heads, width = inputs.shape[0], attention.num_heads, attention.head_dim
+
+    def split(tokens: torch.Tensor) -> torch.Tensor:  # (n, tokens, width) -> (n, heads, tokens, head width)
+        return tokens.view(batch, -1, heads, width).transpose(1, 2)
+
+    mixed = nn.functional.scaled_dot_product_attention(
+        split(attention.q_proj(queries)), split(attention.k_proj(inputs)), split(attention.v_proj(inputs)),
+        scale=attention.scale)
+    return attention.out_proj(mixed.transpose(1, 2).reshape(batch, queries.shape[1], heads * width))
+
+
+def _cls_features(encoder: CLIPVisionModel, images: torch.Tensor) -> torch.Tensor:
+    """`encoder(pixel_values=images).pooler_output`, computing the last block for the CLS token only.
+
+    The pooled output reads nothing but the CLS token after the last block, so that block's
+    queries, attention output and MLP are needed for one token of each image, not all of them
+    (its keys and values still come from every token): about 17% fewer operations on the zoo's
+    5-token encoder. The blocks are the encoder's own modules (layer norms, projections, MLP) and
+    its attention is the same scaled dot product, so the result is the full forward's to float
+    rounding (tests/zoo/test_build.py compares the two).
+    """
+    vision = getattr(encoder, "vision_model", encoder)  # transformers 4.x nests the modules one level deeper
+    hidden = vision.pre_layrnorm(vision.embeddings(images))
+    layers = list(vision.encoder.layers)
+    for index, layer in enumerate(layers):
+        normed = layer.layer_norm1(hidden)
+        if index == len(layers) - 1:  # from here on only the CLS token matters
+            hidden = hidden[:, :1] + _attention(layer.self_attn, normed[:, :1], normed)
+        else:
+            hidden = hidden + _attention(layer.self_attn, normed, normed)
+        hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
+    return vision.post_layernorm(hidden[:, 0])
+
+
 @torch.no_grad()
 def features(encoder: CLIPVisionModel, images: torch.Tensor, batch: int = 2048) -> torch.Tensor:
-    """Pooled (post-LayerNorm CLS) features, (n, width)."""
-    parts = [encoder(pixel_values=images[i : i + batch]).pooler_output for i in range(0, len(images), batch)]
-    return torch.cat(parts)
+    """Pooled (post-LayerNorm CLS) features, (n, width): the encoder's `pooler_output`, with the
+    last block computed for the CLS token alone (`_cls_features`)."""
+    return torch.cat([_cls_features(encoder, images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
 def head_logits(feats: torch.Tensor, head: Head) -> torch.Tensor:
@@ -140,14 +177,31 @@ class TaskData:
     def __init__(self, config: ZooConfig):
         self.config = config
         self._splits: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
 
     def get(self, task: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if (task, split) not in self._splits:
-            size = self.config.n_train if split == "train" else self.config.n_test
-            if task in self.config.pretrain_tasks and split == "train":
-                size = self.config.pretrain_samples
-            self._splits[task, split] = make_split(task_spec(task), split, size, self.config.seed)
-        return self._splits[task, split]
+        """The split, generated once: threads asking for the same split at once wait for one
+        generation (some take most of a second), others go on."""
+        key = (task, split)
+        if key in self._splits:
+            return self._splits[key]
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._splits:
+                size = self.config.n_train if split == "train" else self.config.n_test
+                if task in self.config.pretrain_tasks and split == "train":
+                    size = self.config.pretrain_samples
+                self._splits[key] = make_split(task_spec(task), split, size, self.config.seed)
+        return self._splits[key]
+
+    def __getstate__(self) -> dict:  # (locks do not pickle; a copy gets its own)
+        return {"config": self.config, "_splits": dict(self._splits)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["config"])
+        self._splits.update(state["_splits"])
 
 
 def _warmup_cosine(step: int, total: int, warmup: int) -> float:

@@ -388,3 +388,30 @@ def test_app_jobs_go_to_ray_workers_only_when_they_outlast_the_start_up(monkeypa
     monkeypatch.setenv(appstate.APP_WORKERS_ENV, "two")
     with pytest.raises(ValueError, match="NUFILT_APP_WORKERS"):
         appstate.grid_workers(default, cells=30)
+
+
+def test_a_step_scores_on_test_inputs_made_before_it(micro_zoo_dir, monkeypatch):
+    """The run makes its order's test inputs in a background thread when it is opened, so a
+    step only scores (one zoo task's generator takes ~0.8 s, which used to land inside a step)."""
+    import threading
+
+    from nufilt.zoo import build
+
+    made: list[tuple[str, str, str]] = []
+    real = build.make_split
+
+    def counted(spec, split, size, seed):
+        made.append((spec.name, split, threading.current_thread().name))
+        return real(spec, split, size, seed)
+
+    monkeypatch.setattr(build, "make_split", counted)
+    backbone = appstate.open_backbone("tiny-vit", 3, preset="micro", cache_dir=str(micro_zoo_dir), max_eval=16)
+    run = make_run(backbone)
+    for thread in threading.enumerate():
+        if thread.name == "nufilt-warm":
+            thread.join(60)
+    assert sorted(made) == sorted((name, "test", "nufilt-warm") for name in run.order)
+    made.clear()
+    run.step()
+    run.step()
+    assert made == [] and run.steps_done == 2

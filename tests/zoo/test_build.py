@@ -254,3 +254,58 @@ def test_the_build_job_estimates_the_time_left():
     assert job.eta_seconds() is None  # too early to say
     job.state, job.fraction = "ready", 1.0
     assert job.eta_seconds() is None
+
+
+@pytest.mark.parametrize("width, layers, heads, patch", [(32, 2, 2, 4), (64, 3, 4, 8), (48, 1, 3, 2)])
+def test_features_equal_the_encoders_own_pooled_output(width, layers, heads, patch):
+    """`features` skips the last block's work on the patch tokens; its result must be the
+    transformers model's own `pooler_output` (several shapes, 5 to 65 tokens, one block too)."""
+    config = MICRO.replace(width=width, layers=layers, attention_heads=heads, patch_size=patch)
+    torch.manual_seed(width + layers)
+    encoder = build.new_encoder(config)
+    with torch.no_grad():  # random weights are too tame: spread the attention and the residual stream
+        for parameter in encoder.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+    images = torch.rand(37, 1, 16, 16)
+    with torch.no_grad():
+        expected = encoder(pixel_values=images).pooler_output
+    got = build.features(encoder, images, batch=16)
+    assert got.shape == expected.shape == (37, width)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got - expected).abs().max()
+    assert not torch.allclose(got[:, :1], got[:1, :1].expand(37, 1))  # the images give different features
+
+
+def test_features_of_the_micro_zoo_give_the_recorded_accuracies(micro_zoo):
+    """The trained micro zoo scored through `features` agrees with its full forward on every test image."""
+    name = micro_zoo.tasks[0].name
+    encoder = build.encoder_from_state(micro_zoo.config, micro_zoo.finetuned_state(name))
+    images, _ = build.TaskData(micro_zoo.config).get(name, "test")
+    with torch.no_grad():
+        expected = encoder(pixel_values=images).pooler_output
+    head = micro_zoo.heads()[name]
+    assert torch.equal(build.head_logits(build.features(encoder, images), head).argmax(1),
+                       build.head_logits(expected, head).argmax(1))
+
+
+def test_a_split_asked_for_by_several_threads_at_once_is_generated_once(monkeypatch):
+    import threading
+    import time
+
+    made = []
+    real = build.make_split
+
+    def slow(spec, split, size, seed):
+        made.append((spec.name, split))
+        time.sleep(0.2)  # the other threads ask while this one generates
+        return real(spec, split, size, seed)
+
+    monkeypatch.setattr(build, "make_split", slow)
+    data = build.TaskData(MICRO)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(data.get(MICRO.tasks[0], "test"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert made == [(MICRO.tasks[0], "test")]
+    assert len(results) == 4 and all(images is results[0][0] for images, _ in results)
