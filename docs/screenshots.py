@@ -6,7 +6,8 @@ Starts `streamlit run app.py` headless on a free port (the default embedded zoo,
 NUFILT_CACHE_DIR or ./cache; built first if it is missing, which takes minutes), opens it in
 Debian's headless Chromium with selenium (`/usr/bin/chromium`, `/usr/bin/chromedriver`; set
 NUFILT_CHROMIUM / NUFILT_CHROMEDRIVER for others), clicks "Merge next task" a few times on the
-Merge page and saves a 1600 px wide PNG of the Merge page and of the Geometry page.
+Merge page and saves a 1600 px wide PNG of the Merge page and of the Geometry page
+(`--width 1000 --out /tmp/shots` for a look at a narrow window without touching docs/images).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def _stop(server: subprocess.Popen) -> None:
             os.killpg(server.pid, signal.SIGKILL)
 
 
-def _browser(profile: Path):
+def _browser(profile: Path, width: int):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -74,7 +75,7 @@ def _browser(profile: Path):
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-                 "--disable-background-networking", "--disable-dev-shm-usage", f"--window-size={WIDTH},1200",
+                 "--disable-background-networking", "--disable-dev-shm-usage", f"--window-size={width},1200",
                  f"--user-data-dir={profile}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(driver_path))
@@ -131,16 +132,16 @@ def _click(driver, text: str) -> None:
     _wait_idle(driver)
 
 
-def _shoot(driver, path: Path) -> None:
-    """The page's content, 1600 px wide and as tall as it is (at most MAX_HEIGHT)."""
+def _shoot(driver, path: Path, width: int) -> None:
+    """The page's content, `width` px wide and as tall as it is (at most MAX_HEIGHT)."""
     height = driver.execute_script("""
         const main = document.querySelector('[data-testid="stMainBlockContainer"]')
                   || document.querySelector('[data-testid="stMain"]') || document.body;
         return Math.ceil(main.scrollHeight + main.getBoundingClientRect().top) + 160;""")
-    driver.set_window_size(WIDTH, min(max(int(height), 900), MAX_HEIGHT))
+    driver.set_window_size(width, min(max(int(height), 900), MAX_HEIGHT))
     time.sleep(2.0)  # charts re-layout to the new size
     driver.save_screenshot(str(path))
-    driver.set_window_size(WIDTH, 1200)
+    driver.set_window_size(width, 1200)
     print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: {path.stat().st_size // 1024} KiB")
 
 
@@ -148,9 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="merge steps before the screenshots (default 3)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images", help="folder for the PNGs")
+    parser.add_argument("--width", type=int, default=WIDTH, help=f"window width in px (default {WIDTH}, the README's)")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be at least 1")
+    if args.width < 600:
+        parser.error("--width must be at least 600")
     args.out.mkdir(parents=True, exist_ok=True)
     scratch = args.out / ".screenshots-tmp"
     scratch.mkdir(exist_ok=True)
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     port = int(server.args[[i for i, a in enumerate(server.args) if a.startswith("--server.port=")][0]].split("=")[1])
     driver = None
     try:
-        driver = _browser(scratch / "profile")
+        driver = _browser(scratch / "profile", args.width)
         driver.get(f"http://127.0.0.1:{port}")
         _wait_idle(driver)
         _open(driver, "Merge")
@@ -166,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.steps):
             _click(driver, "Merge next task")
         _wait_charts(driver, 5)
-        _shoot(driver, args.out / "merge.png")
+        _shoot(driver, args.out / "merge.png", args.width)
         _open(driver, "Geometry")
         _wait_charts(driver, 2)
-        _shoot(driver, args.out / "geometry.png")
+        _shoot(driver, args.out / "geometry.png", args.width)
     finally:
         if driver is not None:
             driver.quit()

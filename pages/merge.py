@@ -30,11 +30,11 @@ if run.steps_done:
 accuracy, metrics = run.accuracy(), run.metrics()
 matrix_col, geometry_col = st.columns([3, 2])
 with matrix_col:
-    ui.chart(figures.accuracy_matrices(accuracy, run.order), accuracy, "accuracy_matrix")
+    ui.chart(figures.accuracy_matrices(accuracy, run.order), accuracy, "accuracy_matrix", narrow=True)
 with geometry_col:
     geometry_summary = summarize_geometry(run.geometry())
     ui.chart(figures.update_affinity_lines(geometry_summary, run.geometry_has_data or geometry_summary.empty),
-             geometry_summary, "update_affinity_lines")
+             geometry_summary, "update_affinity_lines", narrow=True)
 ui.chart(figures.acc_bwt_lines(metrics), metrics, "acc_bwt")
 ui.chart(figures.task_accuracy_lines(accuracy, run.order), accuracy, "task_accuracy")
 

@@ -351,8 +351,15 @@ def table(frame: pd.DataFrame, number_format: str = "%.2f", **kwargs: Any) -> No
     st.dataframe(frame, hide_index=True, column_config=formats, **kwargs)
 
 
-def chart(fig: go.Figure, table: pd.DataFrame, name: str) -> None:
-    """A Plotly chart with a CSV download of exactly the data it shows."""
+def chart(fig: go.Figure, table: pd.DataFrame, name: str, narrow: bool = False) -> None:
+    """A Plotly chart with a CSV download of exactly the data it shows.
+
+    `narrow`: the chart sits in a narrow column, where Plotly's tool bar wraps to two rows over
+    the title (seen at 1000 px); the title then starts below the tool bar."""
+    if narrow:
+        top = max(int(fig.layout.margin.t or 0), 110)
+        fig.update_layout(title={"yref": "container", "y": 1, "yanchor": "top", "pad": {"t": 58}},
+                          margin={"t": top})
     st.plotly_chart(fig, key=f"chart.{name}", config={"displaylogo": False})
     st.download_button(
         "⬇ CSV", table.to_csv(index=False), file_name=f"{name}.csv", mime="text/csv", key=f"csv.{name}",
