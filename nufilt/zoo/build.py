@@ -100,7 +100,7 @@ def encoder_config(config: ZooConfig) -> CLIPVisionConfig:
         intermediate_size=4 * config.width,
         num_hidden_layers=config.layers,
         num_attention_heads=config.attention_heads,
-        num_channels=1,
+        num_channels=config.channels,
         image_size=16,
         patch_size=config.patch_size,
         projection_dim=config.width,
@@ -171,6 +171,29 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * float((logits.argmax(dim=1) == labels).float().mean())
 
 
+def colorize(images: torch.Tensor, task: str, split: str, config: ZooConfig) -> torch.Tensor:
+    """Grey images (n, 1, 16, 16) in [-1, 1] rendered in `config.channels` channels, in [-1, 1].
+
+    An evaluation task draws every image in its own mix of the channels (a fixed Dirichlet(0.5)
+    draw per task, scaled to a largest weight of 1, jittered ±0.1 per image), so different tasks
+    excite different input directions; a pre-training image gets a fresh mix each, so the encoder
+    learns every channel. The background stays -1 in every channel.
+    """
+    count = config.channels
+    pretraining = task in config.pretrain_tasks
+    rng = np.random.default_rng(stable_seed("nufilt-zoo-colour", config.seed, task, split))
+    if pretraining:
+        mixes = rng.dirichlet(np.full(count, 0.5), size=len(images))
+    else:
+        base = np.random.default_rng(stable_seed("nufilt-zoo-task-colour", config.seed, task)).dirichlet(
+            np.full(count, 0.5))
+        mixes = base[None, :] + 0.1 * rng.standard_normal((len(images), count)) * base.max()
+    mixes = np.clip(mixes, 0.0, None)
+    mixes = mixes / np.maximum(mixes.max(axis=1, keepdims=True), 1e-6)
+    weights = torch.from_numpy(mixes.astype(np.float32))[:, :, None, None]
+    return ((images + 1.0) / 2.0 * weights) * 2.0 - 1.0
+
+
 class TaskData:
     """Generated train/test splits of the zoo's tasks, made on first use and kept in memory."""
 
@@ -193,7 +216,10 @@ class TaskData:
                 size = self.config.n_train if split == "train" else self.config.n_test
                 if task in self.config.pretrain_tasks and split == "train":
                     size = self.config.pretrain_samples
-                self._splits[key] = make_split(task_spec(task), split, size, self.config.seed)
+                images, labels = make_split(task_spec(task), split, size, self.config.seed)
+                if self.config.channels > 1:
+                    images = colorize(images, task, split, self.config)
+                self._splits[key] = images, labels
         return self._splits[key]
 
     def __getstate__(self) -> dict:  # (locks do not pickle; a copy gets its own)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from .tasks import PRETRAIN_TASKS, TASKS
 
 HEAD_KINDS = ("prototype", "logistic")
+NEUTRAL_FIELDS = {"channels": 1}  # left out of the stage keys at this value (see `stage_fields`)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class ZooConfig:
     layers: int = 4
     attention_heads: int = 4
     patch_size: int = 8  # 2x2 patches + CLS token: a wide, cheap encoder (see README)
+    # input channels: 1 = grey; C > 1 renders each evaluation task in its own mix of C channels and
+    # each pre-training image in a random mix (a study lever: tasks with different input statistics)
+    channels: int = 1
     # pre-training on PRETRAIN_TASKS (never on an evaluation task), one discarded head each
     pretrain_tasks: tuple[str, ...] = tuple(spec.name for spec in PRETRAIN_TASKS)
     pretrain_samples: int = 4000  # per pre-training task
@@ -45,7 +49,7 @@ class ZooConfig:
     finetune_lr: float = 3e-4  # short, gentle runs keep the task vectors small (~4% of ‖θ0‖)
 
     def __post_init__(self) -> None:
-        positive = ("width", "layers", "attention_heads", "patch_size", "n_train", "n_test")
+        positive = ("width", "layers", "attention_heads", "patch_size", "channels", "n_train", "n_test")
         for name in (*positive, "pretrain_steps", "pretrain_batch", "head_shots", "finetune_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -73,7 +77,10 @@ class ZooConfig:
             raise ValueError(f"stage must be one of {tuple(ends)}, got {stage!r}")
         end = ends[stage]
         kept = names if end is None else names[: names.index(end)]
-        return {name: getattr(self, name) for name in kept}
+        # fields added after caches and shipped encoders were made leave the key unchanged at
+        # their neutral value, so those stay valid
+        return {name: getattr(self, name) for name in kept
+                if not (name in NEUTRAL_FIELDS and getattr(self, name) == NEUTRAL_FIELDS[name])}
 
     def replace(self, **changes) -> ZooConfig:
         return dataclasses.replace(self, **changes)

@@ -309,3 +309,28 @@ def test_a_split_asked_for_by_several_threads_at_once_is_generated_once(monkeypa
         thread.join()
     assert made == [(MICRO.tasks[0], "test")]
     assert len(results) == 4 and all(images is results[0][0] for images, _ in results)
+
+
+def test_colour_channels_give_each_task_its_own_mix_and_leave_grey_keys_alone():
+    from nufilt.zoo.build import pretrain_key
+
+    assert pretrain_key(MICRO.replace(channels=1)) == pretrain_key(MICRO)  # caches made before the field
+    assert pretrain_key(MICRO.replace(channels=4)) != pretrain_key(MICRO)
+    coloured = build.TaskData(MICRO.replace(channels=4))
+    grey = build.TaskData(MICRO)
+    mixes = []
+    for task in MICRO.tasks[:2]:
+        images, labels = coloured.get(task, "test")
+        plain, plain_labels = grey.get(task, "test")
+        assert images.shape == (len(plain), 4, 16, 16) and torch.equal(labels, plain_labels)
+        assert images.min() >= -1 and images.max() <= 1
+        # every channel is the grey image scaled by the image's weight for that channel
+        weights = ((images + 1) / 2).flatten(2).sum(-1) / ((plain + 1) / 2).flatten(2).sum(-1)
+        assert torch.allclose((images + 1) / 2, (plain + 1) / 2 * weights[:, :, None, None], atol=1e-5)
+        mixes.append(weights.mean(0))
+    assert not torch.allclose(mixes[0], mixes[1], atol=0.1)  # two tasks, two different mixes
+    pretraining, _ = coloured.get(MICRO.pretrain_tasks[0], "train")
+    spread = ((pretraining + 1) / 2).flatten(2).sum(-1)
+    assert (spread / spread.sum(1, keepdim=True)).std(0).min() > 0.05  # pre-training: a mix per image
+    with pytest.raises(ValueError, match="channels"):
+        MICRO.replace(channels=0)
