@@ -14,9 +14,12 @@ from tests.e2e.helpers import (
     click_button,
     click_exact,
     open_page,
+    page_state,
     rendered_charts,
     screenshot,
+    step_shown,
     wait_for_charts,
+    wait_for_step,
     wait_idle,
 )
 
@@ -128,33 +131,8 @@ def _heatmap_values(driver) -> list:
 # ---------------------------------------------------------------- runs: streaming, reloads, clicks
 
 
-def page_state(driver) -> dict:
-    """The step counter ("Step k / N") and whether each button is enabled, read in one script call:
-    the page is redrawn after every step, and element handles taken before that go stale."""
-    return driver.execute_script("""
-        const match = document.body.innerText.match(/Step (\\d+) \\/ \\d+/);
-        const buttons = {};
-        for (const b of document.querySelectorAll('button')) { buttons[b.innerText.trim()] = !b.disabled; }
-        return {step: match ? parseInt(match[1]) : null, buttons: buttons};""")
-
-
-def step_shown(driver) -> int | None:
-    return page_state(driver)["step"]
-
-
 def busy(driver) -> bool:
     return bool(page_state(driver)["buttons"].get("Stop"))
-
-
-def wait_for_step(driver, step: int, timeout: float = 120.0) -> None:
-    """Wait until the page shows `step` and no job runs (Stop is off)."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        state = page_state(driver)
-        if state["step"] == step and not state["buttons"].get("Stop"):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"step {step} not reached in {timeout} s (shown: {step_shown(driver)})")
 
 
 RECORDER = r"""

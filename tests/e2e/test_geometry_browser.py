@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.e2e.helpers import OUTPUT, assert_healthy, by_css, click_when_enabled, wait_idle
+from tests.e2e.helpers import OUTPUT, assert_healthy, by_css, click_when_enabled, wait_for_step, wait_idle
 
 pytestmark = pytest.mark.e2e
 
@@ -53,9 +53,11 @@ def test_two_merge_steps_on_the_geometry_page_add_a_column_and_an_animation_fram
     time.sleep(0.3)
     wait_idle(browser)
     columns = []
-    for _ in range(2):
+    for step in (1, 2):
         click_when_enabled(browser, "Merge next task")
-        time.sleep(0.3)
+        # the step runs in the background and the page polls it once a second, so the page is idle
+        # between polls while the step still runs: wait for the step counter, then for the redraw
+        wait_for_step(browser, step, timeout=180.0)
         wait_idle(browser, timeout=180.0)
         assert_healthy(browser, "Geometry")
         heatmaps = _live_heatmaps(browser)
