@@ -177,7 +177,10 @@ def colorize(images: torch.Tensor, task: str, split: str, config: ZooConfig) -> 
     An evaluation task draws every image in its own mix of the channels (a fixed Dirichlet(0.5)
     draw per task, scaled to a largest weight of 1, jittered ±0.1 per image), so different tasks
     excite different input directions; a pre-training image gets a fresh mix each, so the encoder
-    learns every channel. The background stays -1 in every channel.
+    learns every channel. Each channel is the grey image (in [-1, 1]) times the channel's weight,
+    so a pixel is its grey value along the image's mix: a channel the mix leaves out stays 0. (A
+    first version kept the background at -1 in every channel: the constant then dominated the
+    patches and the 8-channel encoder's pre-training collapsed to one feature vector.)
     """
     count = config.channels
     pretraining = task in config.pretrain_tasks
@@ -191,7 +194,7 @@ def colorize(images: torch.Tensor, task: str, split: str, config: ZooConfig) -> 
     mixes = np.clip(mixes, 0.0, None)
     mixes = mixes / np.maximum(mixes.max(axis=1, keepdims=True), 1e-6)
     weights = torch.from_numpy(mixes.astype(np.float32))[:, :, None, None]
-    return ((images + 1.0) / 2.0 * weights) * 2.0 - 1.0
+    return images * weights
 
 
 class TaskData:

@@ -325,12 +325,13 @@ def test_colour_channels_give_each_task_its_own_mix_and_leave_grey_keys_alone():
         assert images.shape == (len(plain), 4, 16, 16) and torch.equal(labels, plain_labels)
         assert images.min() >= -1 and images.max() <= 1
         # every channel is the grey image scaled by the image's weight for that channel
-        weights = ((images + 1) / 2).flatten(2).sum(-1) / ((plain + 1) / 2).flatten(2).sum(-1)
-        assert torch.allclose((images + 1) / 2, (plain + 1) / 2 * weights[:, :, None, None], atol=1e-5)
+        weights = (images * plain).flatten(2).sum(-1) / (plain * plain).flatten(2).sum(-1)
+        assert torch.allclose(images, plain * weights[:, :, None, None], atol=1e-5)
+        assert weights.min() >= 0 and torch.allclose(weights.max(1).values, torch.ones(len(images)))
         mixes.append(weights.mean(0))
     assert not torch.allclose(mixes[0], mixes[1], atol=0.1)  # two tasks, two different mixes
     pretraining, _ = coloured.get(MICRO.pretrain_tasks[0], "train")
-    spread = ((pretraining + 1) / 2).flatten(2).sum(-1)
+    spread = pretraining.abs().flatten(2).sum(-1)
     assert (spread / spread.sum(1, keepdim=True)).std(0).min() > 0.05  # pre-training: a mix per image
     with pytest.raises(ValueError, match="channels"):
         MICRO.replace(channels=0)
