@@ -132,6 +132,27 @@ def _click(driver, text: str) -> None:
     _wait_idle(driver)
 
 
+STEP = """const match = document.body.innerText.match(/Step (\\d+) \\/ \\d+/);
+const stop = Array.from(document.querySelectorAll('button')).find(b => b.innerText.trim() === 'Stop');
+return [match ? parseInt(match[1]) : null, stop ? !stop.disabled : false];"""
+
+
+def _merge_step(driver, timeout: float = 300.0) -> None:
+    """Click "Merge next task" and wait until the page shows the next step with no job running.
+    (The step runs in the background and the page polls it every second, so the page is idle
+    between polls while the step still runs: waiting for an idle page alone lost clicks.)"""
+    before, _ = driver.execute_script(STEP)
+    _click(driver, "Merge next task")
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        step, running = driver.execute_script(STEP)
+        if step is not None and before is not None and step > before and not running:
+            _wait_idle(driver)
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"the merge step after step {before} did not finish within {timeout} s")
+
+
 def _shoot(driver, path: Path, width: int) -> None:
     """The page's content, `width` px wide and as tall as it is (at most MAX_HEIGHT)."""
     height = driver.execute_script("""
@@ -167,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         _wait_idle(driver)
         _open(driver, "Merge")
         _wait_charts(driver, 5)
+        if "Step 0 /" not in driver.execute_script("return document.body.innerText"):
+            _click(driver, "Reset")  # a saved run of this configuration: start it again
         for _ in range(args.steps):
-            _click(driver, "Merge next task")
+            _merge_step(driver)
         _wait_charts(driver, 5)
         _shoot(driver, args.out / "merge.png", args.width)
         _open(driver, "Geometry")
