@@ -201,7 +201,10 @@ def _backbone_identity(backbone: Backbone) -> dict[str, Any]:
     config = getattr(backbone, "config", None)
     identity: dict[str, Any] = {"backbone": backbone.name}
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        identity["config"] = config_hash(config)
+        # the zoo's config leaves fields that were added later out of its keys at their neutral
+        # value (`ZooConfig.stage_fields`), so statistics cached before such a field stay valid
+        fields = getattr(config, "stage_fields", None)
+        identity["config"] = config_hash(fields("finetune") if fields else config)
     return identity
 
 

@@ -181,7 +181,8 @@ class MultiRun:
         try:
             self.backbone.warm_evaluation(self.order)
         except Exception as error:  # noqa: BLE001 (the step that needs it reports the same error)
-            self._note(f"preparing the test inputs failed: {type(error).__name__}: {error}")
+            with self._lock:  # not in the middle of a step, a reset or a restore
+                self._note(f"preparing the test inputs failed: {type(error).__name__}: {error}")
 
     # -- state
 
