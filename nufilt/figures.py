@@ -595,9 +595,9 @@ def update_affinity_lines(summary: pd.DataFrame, data: bool = True) -> go.Figure
             fig.add_trace(go.Scatter(x=mine["step"], y=mine["old_update_affinity"], mode="lines+markers",
                                      name=f"{method}: earlier tasks", line={"color": color, "dash": "dot"}))
     fig.add_hline(y=float(summary["baseline"].mean()), line_dash="dash", line_color="grey")
-    # legend under the plot and the title below the chart's tool bar: the panel is a narrow column
-    # beside the accuracy matrix (about 250 px wide in a 1000 px window)
+    # legend under the plot: the panel is a narrow column beside the accuracy matrix (about 250 px
+    # wide in a 1000 px window; the page's `ui.chart(..., narrow=True)` moves the title below the tool bar)
     fig.update_layout(title=title, xaxis_title="step", yaxis_title="mean affinity", yaxis_range=[0, 1],
-                      xaxis={"dtick": 1}, height=400, margin={"t": 70},
+                      xaxis={"dtick": 1}, height=400,
                       legend={"orientation": "h", "yanchor": "top", "y": -0.3, "x": 0})
     return fig
