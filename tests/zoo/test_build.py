@@ -275,6 +275,32 @@ def test_features_equal_the_encoders_own_pooled_output(width, layers, heads, pat
     assert not torch.allclose(got[:, :1], got[:1, :1].expand(37, 1))  # the images give different features
 
 
+def test_fine_tuning_gradients_through_the_cls_path_equal_the_full_forwards():
+    """`finetune` trains through `_cls_features` in train mode: the loss and every parameter's
+    gradient must be those of the transformers forward (the skipped patch-token work of the last
+    block has no gradient), including the last block's query and MLP weights."""
+    config = MICRO.replace(width=32, layers=2, attention_heads=2, patch_size=4)
+    torch.manual_seed(3)
+    encoder = build.new_encoder(config).train()
+    with torch.no_grad():
+        for parameter in encoder.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+    images, labels = torch.rand(12, 1, 16, 16), torch.randint(0, 3, (12,))
+    head = (torch.randn(3, config.width), torch.randn(3))
+    grads = []
+    for forward in (lambda: encoder(pixel_values=images).pooler_output,
+                    lambda: build._cls_features(encoder, images)):
+        encoder.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(build.head_logits(forward(), head), labels)
+        loss.backward()
+        grads.append({name: p.grad.clone() for name, p in encoder.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name, expected in grads[0].items():
+        assert torch.allclose(grads[1][name], expected, rtol=1e-4, atol=1e-6), name
+    last = [name for name in grads[0] if "layers.1.self_attn.q_proj.weight" in name or "layers.1.mlp.fc1.weight" in name]
+    assert len(last) == 2 and all(grads[0][name].abs().sum() > 0 for name in last)
+
+
 def test_features_of_the_micro_zoo_give_the_recorded_accuracies(micro_zoo):
     """The trained micro zoo scored through `features` agrees with its full forward on every test image."""
     name = micro_zoo.tasks[0].name
