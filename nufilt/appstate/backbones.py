@@ -40,7 +40,7 @@ class BackboneChoice:
 BACKBONE_CHOICES: tuple[BackboneChoice, ...] = (
     BackboneChoice(EMBEDDED, "tiny-vit (embedded, offline)",
                    "nothing: a tiny CLIP-style ViT zoo on generated 16x16 tasks, built on this machine the "
-                   "first time from the shipped pre-trained encoder (about 1 minute for 8 tasks, 2 for all 20, "
+                   "first time from the shipped pre-trained encoder (about 1.5 minutes for 8 tasks, 3.5 for all 20, "
                    "measured on 2 idle CPU cores; progress shown) and cached", offline=True),
     BackboneChoice("clip-vit-b32", "CLIP ViT-B/32 (Hugging Face Hub)",
                    "Hub access (or the local HF cache) for openai/clip-vit-base-patch32, the 20 fine-tuned "

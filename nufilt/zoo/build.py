@@ -622,13 +622,15 @@ def build_workers(config: ZooConfig, missing: int) -> int:
 def pretrain_share(config: ZooConfig, pretrain_needed: bool, finetunes: int, workers: int = 1) -> float:
     """The pre-training's share of a build's time: training images processed, pre-training
     (steps x batch) against the missing fine-tunings (steps x batch each, spread over `workers`
-    processes at the 1.56x measured for two). Measured on the 2-core machine (bench/zoo_build.py):
-    1.5 ms per pre-training image, 1.95 ms per fine-tuning image (one thread each)."""
+    processes at the 1.98x measured for two on the idle machine on 2026-12-05, 1.56x earlier).
+    Measured on the 2-core machine (bench/zoo_build.py): 1.5 ms per pre-training image, 1.52 ms
+    per fine-tuning image (one thread each; fine-tuning computes the last block for the CLS token
+    only)."""
     if not pretrain_needed:
         return 0.0
     pretraining = 1.5 * config.pretrain_steps * config.pretrain_batch
-    speedup = 1.0 if workers <= 1 else 1.56 * workers / 2
-    finetuning = 1.95 * finetunes * config.finetune_steps * config.finetune_batch / speedup
+    speedup = 1.0 if workers <= 1 else 1.98 * workers / 2
+    finetuning = 1.52 * finetunes * config.finetune_steps * config.finetune_batch / speedup
     return pretraining / (pretraining + finetuning) if pretraining + finetuning > 0 else 1.0
 
 
