@@ -238,8 +238,8 @@ def prepare_panel(job: appstate.PrepareJob, autostart: bool) -> bool:
         return False
     if job.state == "idle":
         if job.backbone.name == EMBEDDED:
-            st.info("The models of this zoo are not built yet: building the default zoo takes about a minute and a half "
-                    "on 2 idle cores (longer when they are busy). **Quick demo** (Setup) builds a small zoo in "
+            st.info("The models of this zoo are not built yet: building the default zoo takes about a minute and a "
+                    "half on 2 idle cores (longer when they are busy). **Quick demo** (Setup) builds a small zoo in "
                     "about 10 seconds.")
         if st.button("Build the models" if job.backbone.name == EMBEDDED else "Load the models",
                      key="prepare.start", type="primary"):

@@ -297,7 +297,8 @@ def test_fine_tuning_gradients_through_the_cls_path_equal_the_full_forwards():
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for name, expected in grads[0].items():
         assert torch.allclose(grads[1][name], expected, rtol=1e-4, atol=1e-6), name
-    last = [name for name in grads[0] if "layers.1.self_attn.q_proj.weight" in name or "layers.1.mlp.fc1.weight" in name]
+    last = [name for name in grads[0]
+            if "layers.1.self_attn.q_proj.weight" in name or "layers.1.mlp.fc1.weight" in name]
     assert len(last) == 2 and all(grads[0][name].abs().sum() > 0 for name in last)
 
 
