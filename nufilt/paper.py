@@ -99,3 +99,56 @@ def comparison_table(summary: Mapping[str, Mapping[str, float]], reference: Sequ
             f"{_cell(row['bwt'], row['bwt_std']):>13} {_cell(mine.get('bwt_mean'), mine.get('bwt_std')):>13}"
         )
     return "\n".join(lines)
+
+
+def gap_share(acc: float | None, pretrained: float | None, individual: float | None) -> float | None:
+    """Percent of the gap from pre-trained to individual accuracy that `acc` closes:
+    100 (acc − pretrained) / (individual − pretrained). A scale-free way to set a small backbone's
+    ACC beside the paper's. None when a number is missing or the gap is not positive."""
+    if acc is None or pretrained is None or individual is None:
+        return None
+    gap = individual - pretrained
+    return 100.0 * (acc - pretrained) / gap if gap > 0 else None
+
+
+def paper_gap(paper_rows: Sequence[Mapping]) -> dict[str, float]:
+    """The pre-trained and individual accuracy of a `paper_reference` column ({"pretrained": ...,
+    "individual": ...}; a row the table lacks is left out). Table 1 spells "Pre-Trained", Table 2
+    "Pre-trained"."""
+    names = {"pre-trained": "pretrained", "individual": "individual"}
+    return {names[row["method"].lower()]: row["acc"] for row in paper_rows
+            if row["reference"] and row["method"].lower() in names and row["acc"] is not None}
+
+
+def recovered_shares(result: Mapping, backbone: str = "clip-vit-b32", n_tasks: int | None = None) -> list[dict]:
+    """The share of the pre-trained → individual gap each method of a `python -m nufilt run` result
+    recovers, beside the same share in the paper's column for `backbone` and `n_tasks` (default:
+    the run's task count; Table 1's ViT-B/32 for a backbone the paper does not have).
+
+    `result`: the run's JSON as a dict (`tasks`, `summary`, `reference`). One row per method of the
+    run: label, acc (run ACC), share (percent of the run's own gap), paper_acc and paper_share
+    (None where the paper has no row for the method or no column for the task count).
+    """
+    if not isinstance(result, Mapping):
+        raise TypeError(f"result must be a run's JSON as a dict, got {type(result).__name__}")
+    missing = [key for key in ("tasks", "summary", "reference") if key not in result]
+    if missing:
+        raise ValueError(f"result lacks {', '.join(missing)}: pass the JSON written by `python -m nufilt run --out`")
+    tasks = list(result["tasks"])
+    reference = result["reference"]
+    if not tasks or not all(row in reference for row in ("pretrained", "individual")):
+        raise ValueError("result has no pre-trained and individual reference accuracies over its tasks")
+    means = {row: sum(reference[row][task] for task in tasks) / len(tasks) for row in ("pretrained", "individual")}
+    paper_rows = paper_reference(backbone, len(tasks) if n_tasks is None else n_tasks)
+    paper_refs = paper_gap(paper_rows)
+    paper_acc = {row["label"]: row["acc"] for row in paper_rows if row["label"] and not row["reference"]}
+    out = []
+    for label, summary in result["summary"].items():
+        acc = summary["acc_mean"]
+        theirs = paper_acc.get(label)
+        out.append({
+            "label": label, "acc": acc, "share": gap_share(acc, means["pretrained"], means["individual"]),
+            "paper_acc": theirs,
+            "paper_share": gap_share(theirs, paper_refs.get("pretrained"), paper_refs.get("individual")),
+        })
+    return out

@@ -14,7 +14,7 @@ import pandas as pd
 from nufilt import appstate, figures
 from nufilt.evaluation import Run, paper_orders, reference_summary, run_order, summarize
 from nufilt.grid import Cell, GridError, run_grid
-from nufilt.paper import paper_reference
+from nufilt.paper import gap_share, paper_gap, paper_reference
 from pages import ui
 
 ui.init_state()
@@ -42,6 +42,7 @@ def reference_means(key: tuple, tasks: tuple[str, ...], _backbone) -> dict[str, 
 specs = config.specs(backbone)
 results = {row.method: {"acc": row.acc, "bwt": row.bwt} for row in run.summary().itertuples() if row.steps}
 source = f"this session's run ({run.steps_done}/{len(run.order)} tasks merged)"
+scored = tuple(run.order[:run.steps_done])  # the tasks the run's ACC averages over
 if config.n_tasks in (8, 14, 20):
     with st.expander("Average over several of the paper's task orders (like Table 1)"):
         count = st.number_input("Number of the paper's orders (1..10)", 1, 10, 3, key="paper.orders")
@@ -103,6 +104,7 @@ if config.n_tasks in (8, 14, 20):
             results = {label: {"acc": s["acc_mean"], "acc_std": s["acc_std"], "bwt": s["bwt_mean"],
                                "bwt_std": s["bwt_std"]} for label, s in summary.items()}
             source = f"mean ± std over the paper's orders 1..{int(count)}"
+            scored = tuple(run.order)
 st.caption(f"Run numbers: {source}.")
 
 if not results:
@@ -129,23 +131,31 @@ elif not paper_rows:
 table = appstate.comparison_table(results, paper_rows)
 ui.chart(figures.paper_comparison_bars(table), table, "paper_comparison")
 
+try:
+    means = reference_means(config.backbone_key(), scored, backbone)
+except Exception as error:  # hub backbones may lack test data here; the table still shows
+    means = {}
+    st.caption(f"Reference accuracies unavailable: {error}")
+# the share of the pre-trained -> individual gap a method closes: comparable across backbones of any size
+paper_refs = paper_gap(paper_rows)
 rows = []
 for row in paper_rows:
     mine = results.get(row["label"] or "", {})
     rows.append({"paper row": row["method"], "paper ACC": row["acc"], "paper BWT": row["bwt"],
-                 "run ACC": mine.get("acc"), "run BWT": mine.get("bwt")})
-try:
-    means = reference_means(config.backbone_key(), tuple(run.order), backbone)
-    for name, value in means.items():
-        rows.append({"paper row": f"this backbone: {name}", "paper ACC": None, "paper BWT": None,
-                     "run ACC": value, "run BWT": None})
-except Exception as error:  # hub backbones may lack test data here; the table still shows
-    st.caption(f"Reference accuracies unavailable: {error}")
+                 "paper gap %": gap_share(row["acc"], paper_refs.get("pretrained"), paper_refs.get("individual")),
+                 "run ACC": mine.get("acc"), "run BWT": mine.get("bwt"),
+                 "run gap %": gap_share(mine.get("acc"), means.get("pretrained"), means.get("individual"))})
+for name, value in means.items():
+    rows.append({"paper row": f"this backbone: {name}", "run ACC": value,
+                 "run gap %": gap_share(value, means.get("pretrained"), means.get("individual"))})
 st.markdown(f"**Table {'2 (Flan-T5)' if reference_backbone.startswith('flan') else '1'}**, "
             f"{'ViT-B/32 (qualitative reference)' if embedded else reference_backbone}, {reference_tasks} tasks:")
-numbers = ["paper ACC", "paper BWT", "run ACC", "run BWT"]
+numbers = ["paper ACC", "paper BWT", "paper gap %", "run ACC", "run BWT", "run gap %"]
 shown = pd.DataFrame(rows, columns=["paper row", *numbers])
 shown = shown.iloc[shown["run ACC"].isna().argsort(kind="stable")]  # this run's rows first, in the paper's order
 shown[numbers] = shown[numbers].apply(lambda column: column.map(lambda v: "–" if pd.isna(v) else f"{v:.1f}"))
 # every row visible without scrolling inside the table; "–": no number (no BWT for reference rows)
 st.dataframe(shown, hide_index=True, height=36 * (len(shown) + 1) + 2)
+st.caption("gap %: the share of the gap from pre-trained to individual accuracy a method closes, "
+           "100 (ACC − pre-trained) / (individual − pre-trained), each on its own backbone's numbers: "
+           "comparable across backbones of any size, where ACC is not.")

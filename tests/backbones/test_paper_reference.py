@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nufilt.memory import memory_report, peak_rss_mb
-from nufilt.paper import comparison_table, paper_reference
+from nufilt.paper import comparison_table, gap_share, paper_reference, recovered_shares
 
 
 def test_clip_column_rows():
@@ -51,3 +51,46 @@ def test_peak_memory_is_at_least_the_current_resident_size():
     current_kib = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS"))
     assert peak_rss_mb() >= current_kib / 1024 >= 64
     assert memory_report().startswith("peak memory:") and "MiB RSS" in memory_report()
+
+
+def test_gap_share_is_the_closed_part_of_the_pretrained_to_individual_gap():
+    assert gap_share(70.0, 50.0, 90.0) == pytest.approx(50.0)
+    assert gap_share(45.0, 50.0, 90.0) == pytest.approx(-12.5)  # below pre-trained: negative
+    assert gap_share(83.6, 48.1, 90.4) == pytest.approx(83.9, abs=0.05)  # the paper's ViT-B/32, 8 tasks
+    assert gap_share(None, 50.0, 90.0) is None and gap_share(70.0, 80.0, 80.0) is None
+
+
+def _result(summary_acc: dict, pretrained: dict, individual: dict) -> dict:
+    return {"tasks": list(pretrained), "reference": {"pretrained": pretrained, "individual": individual},
+            "summary": {label: {"acc_mean": acc} for label, acc in summary_acc.items()}}
+
+
+def test_recovered_shares_set_a_run_beside_the_papers_column():
+    tasks = [f"t{i}" for i in range(8)]
+    result = _result({"nufilt": 70.0, "task_arithmetic": 60.0, "no_filter": 71.0},
+                     dict.fromkeys(tasks, 50.0) | {"t0": 42.0}, dict.fromkeys(tasks, 90.0))
+    rows = {row["label"]: row for row in recovered_shares(result)}
+    assert list(rows) == ["nufilt", "task_arithmetic", "no_filter"]  # the run's methods, in its order
+    # the run's own gap: pre-trained 49.0 (one task at 42), individual 90.0
+    assert rows["nufilt"]["share"] == pytest.approx(100 * 21 / 41)
+    assert rows["task_arithmetic"]["share"] == pytest.approx(100 * 11 / 41)
+    # the paper's ViT-B/32 column for 8 tasks: pre-trained 48.1, individual 90.4
+    assert rows["nufilt"]["paper_acc"] == 83.6
+    assert rows["nufilt"]["paper_share"] == pytest.approx(100 * (83.6 - 48.1) / (90.4 - 48.1))
+    assert rows["task_arithmetic"]["paper_share"] == pytest.approx(100 * (67.5 - 48.1) / (90.4 - 48.1))
+    assert rows["no_filter"]["paper_acc"] is None and rows["no_filter"]["paper_share"] is None  # not in Table 1
+    # another column and task count: ViT-L/14 at 20 tasks (pre-trained 65.6, individual 93.5)
+    other = {row["label"]: row for row in recovered_shares(result, "clip-vit-l14", 20)}
+    assert other["nufilt"]["paper_share"] == pytest.approx(100 * (other["nufilt"]["paper_acc"] - 65.6) / (93.5 - 65.6))
+    assert other["nufilt"]["share"] == rows["nufilt"]["share"]
+    # a task count the paper has no column for: the run's shares, no paper numbers
+    assert all(row["paper_share"] is None for row in recovered_shares(result, "clip-vit-b32", 5))
+
+
+def test_recovered_shares_name_what_is_wrong_with_the_input():
+    with pytest.raises(TypeError, match="run's JSON"):
+        recovered_shares("docs/results/tiny-vit-8.json")
+    with pytest.raises(ValueError, match="lacks reference"):
+        recovered_shares({"tasks": ["a"], "summary": {}})
+    with pytest.raises(ValueError, match="pre-trained and individual"):
+        recovered_shares({"tasks": ["a"], "summary": {}, "reference": {"pretrained": {"a": 50.0}}})
