@@ -84,7 +84,7 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             f"methods: {methods}; NUFILT ablations (Table 4): {ablations}; 'all' = every method, "
-            "'ablations' = the three ablations. Options: Table 9 defaults for the task count, "
+            "'ablations' = every ablation. Options: Table 9 defaults for the task count, "
             "then the backbone's recommended options (tiny-vit: zoo-scaled NUFILT ranks), then "
             "--option. Example: python -m nufilt run --tasks 8 --orders 1,2,3 "
             "--methods weight_average,task_arithmetic,opcm,nufilt --out results.json"
