@@ -138,6 +138,12 @@ def recovered_shares(result: Mapping, backbone: str = "clip-vit-b32", n_tasks: i
     reference = result["reference"]
     if not tasks or not all(row in reference for row in ("pretrained", "individual")):
         raise ValueError("result has no pre-trained and individual reference accuracies over its tasks")
+    unscored = [task for task in tasks for row in ("pretrained", "individual") if task not in reference[row]]
+    if unscored:
+        raise ValueError(f"result's reference accuracies lack task(s) {', '.join(sorted(set(unscored)))}")
+    unsummarized = [label for label, summary in result["summary"].items() if "acc_mean" not in summary]
+    if unsummarized:
+        raise ValueError(f"result's summary has no acc_mean for {', '.join(unsummarized)}")
     means = {row: sum(reference[row][task] for task in tasks) / len(tasks) for row in ("pretrained", "individual")}
     paper_rows = paper_reference(backbone, len(tasks) if n_tasks is None else n_tasks)
     paper_refs = paper_gap(paper_rows)

@@ -94,3 +94,7 @@ def test_recovered_shares_name_what_is_wrong_with_the_input():
         recovered_shares({"tasks": ["a"], "summary": {}})
     with pytest.raises(ValueError, match="pre-trained and individual"):
         recovered_shares({"tasks": ["a"], "summary": {}, "reference": {"pretrained": {"a": 50.0}}})
+    with pytest.raises(ValueError, match="lack task"):
+        recovered_shares(_result({"nufilt": 60.0}, {"a": 50.0}, {"b": 90.0}))
+    with pytest.raises(ValueError, match="no acc_mean for nufilt"):
+        recovered_shares(_result({}, {"a": 50.0}, {"a": 90.0}) | {"summary": {"nufilt": {"acc": 60.0}}})
