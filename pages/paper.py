@@ -151,10 +151,15 @@ for name, value in means.items():
 st.markdown(f"**Table {'2 (Flan-T5)' if reference_backbone.startswith('flan') else '1'}**, "
             f"{'ViT-B/32 (qualitative reference)' if embedded else reference_backbone}, {reference_tasks} tasks:")
 numbers = ["paper ACC", "paper BWT", "paper gap %", "run ACC", "run BWT", "run gap %"]
-shown = pd.DataFrame(rows, columns=["paper row", *numbers])
-shown = shown.iloc[shown["run ACC"].isna().argsort(kind="stable")]  # this run's rows first, in the paper's order
-shown[numbers] = shown[numbers].apply(lambda column: column.map(lambda v: "–" if pd.isna(v) else f"{v:.1f}"))
-# every row visible without scrolling inside the table; "–": no number (no BWT for reference rows)
+table = pd.DataFrame(rows, columns=["paper row", *numbers])
+table = table.iloc[table["run ACC"].isna().argsort(kind="stable")]  # this run's rows first, in the paper's order
+text = table[numbers].apply(lambda column: column.map(lambda v: "–" if pd.isna(v) else f"{v:.1f}"))
+# ACC and BWT share a column, so that all five fit a 1000 px window beside the sidebar;
+# "–": no number (no BWT for reference rows)
+pair = {side: (text[f"{side} ACC"] + " / " + text[f"{side} BWT"]).replace("– / –", "–") for side in ("paper", "run")}
+shown = pd.DataFrame({"paper row": table["paper row"], "paper ACC / BWT": pair["paper"],
+                      "paper gap %": text["paper gap %"], "run ACC / BWT": pair["run"], "run gap %": text["run gap %"]})
+# every row visible without scrolling inside the table
 st.dataframe(shown, hide_index=True, height=36 * (len(shown) + 1) + 2)
 st.caption("gap %: the share of the gap from pre-trained to individual accuracy a method closes, "
            "100 (ACC − pre-trained) / (individual − pre-trained), each on its own backbone's numbers: "
