@@ -27,6 +27,16 @@ PAPER_METHODS = {
 }
 CLIP_COLUMNS = {"clip-vit-b32": "ViT-B/32", "clip-vit-b16": "ViT-B/16", "clip-vit-l14": "ViT-L/14"}
 T5_BACKBONES = ("flan-t5-base",)
+PAPER_GROUPS = (8, 14, 20)  # the task counts of Table 1's columns and of the paper's task orders
+
+
+def reference_column(backbone: str, n_tasks: int) -> tuple[str, int]:
+    """The paper column a run is compared against: its own for CLIP/T5, Table 1's ViT-B/32 for
+    any other backbone (the embedded zoo, local folders), at 8 tasks when the paper has no column
+    for `n_tasks`."""
+    if backbone in CLIP_COLUMNS or backbone in T5_BACKBONES:
+        return backbone, n_tasks
+    return "clip-vit-b32", n_tasks if n_tasks in PAPER_GROUPS else 8
 
 
 @functools.cache
@@ -120,10 +130,12 @@ def paper_gap(paper_rows: Sequence[Mapping]) -> dict[str, float]:
             if row["reference"] and row["method"].lower() in names and row["acc"] is not None}
 
 
-def recovered_shares(result: Mapping, backbone: str = "clip-vit-b32", n_tasks: int | None = None) -> list[dict]:
+def recovered_shares(result: Mapping, backbone: str | None = None, n_tasks: int | None = None) -> list[dict]:
     """The share of the pre-trained → individual gap each method of a `python -m nufilt run` result
-    recovers, beside the same share in the paper's column for `backbone` and `n_tasks` (default:
-    the run's task count; Table 1's ViT-B/32 for a backbone the paper does not have).
+    recovers, beside the same share in the paper's column for `backbone` and `n_tasks` (defaults:
+    the result's own backbone and task count, through `reference_column`: a CLIP or Flan-T5 run
+    against its own column, any other backbone against Table 1's ViT-B/32, at 8 tasks when the
+    paper has no column for the count).
 
     `result`: the run's JSON as a dict (`tasks`, `summary`, `reference`). One row per method of the
     run: label, acc (run ACC), share (percent of the run's own gap), paper_acc and paper_share
@@ -145,7 +157,9 @@ def recovered_shares(result: Mapping, backbone: str = "clip-vit-b32", n_tasks: i
     if unsummarized:
         raise ValueError(f"result's summary has no acc_mean for {', '.join(unsummarized)}")
     means = {row: sum(reference[row][task] for task in tasks) / len(tasks) for row in ("pretrained", "individual")}
-    paper_rows = paper_reference(backbone, len(tasks) if n_tasks is None else n_tasks)
+    default_backbone, default_tasks = reference_column(str(result.get("backbone", "")), len(tasks))
+    paper_rows = paper_reference(default_backbone if backbone is None else backbone,
+                                 default_tasks if n_tasks is None else n_tasks)
     paper_refs = paper_gap(paper_rows)
     paper_acc = {row["label"]: row["acc"] for row in paper_rows if row["label"] and not row["reference"]}
     out = []

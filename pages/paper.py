@@ -40,9 +40,11 @@ def reference_means(key: tuple, tasks: tuple[str, ...], _backbone) -> dict[str, 
 
 # ---------------------------------------------------------------- this run's numbers
 specs = config.specs(backbone)
-results = {row.method: {"acc": row.acc, "bwt": row.bwt} for row in run.summary().itertuples() if row.steps}
+summary_rows = [row for row in run.summary().itertuples() if row.steps]
+results = {row.method: {"acc": row.acc, "bwt": row.bwt} for row in summary_rows}
 source = f"this session's run ({run.steps_done}/{len(run.order)} tasks merged)"
-scored = tuple(run.order[:run.steps_done])  # the tasks the run's ACC averages over
+# the tasks each method's ACC averages over (a method can be a step ahead after a failed step)
+scored = {row.method: tuple(run.order[:row.steps]) for row in summary_rows}
 if config.n_tasks in (8, 14, 20):
     with st.expander("Average over several of the paper's task orders (like Table 1)"):
         count = st.number_input("Number of the paper's orders (1..10)", 1, 10, 3, key="paper.orders")
@@ -104,7 +106,7 @@ if config.n_tasks in (8, 14, 20):
             results = {label: {"acc": s["acc_mean"], "acc_std": s["acc_std"], "bwt": s["bwt_mean"],
                                "bwt_std": s["bwt_std"]} for label, s in summary.items()}
             source = f"mean ± std over the paper's orders 1..{int(count)}"
-            scored = tuple(run.order)
+            scored = dict.fromkeys(results, tuple(run.order))
 st.caption(f"Run numbers: {source}.")
 
 if not results:
@@ -132,7 +134,7 @@ table = appstate.comparison_table(results, paper_rows)
 ui.chart(figures.paper_comparison_bars(table), table, "paper_comparison")
 
 try:
-    means = reference_means(config.backbone_key(), scored, backbone)
+    means = {tasks: reference_means(config.backbone_key(), tasks, backbone) for tasks in set(scored.values())}
 except Exception as error:  # hub backbones may lack test data here; the table still shows
     means = {}
     st.caption(f"Reference accuracies unavailable: {error}")
@@ -141,13 +143,15 @@ paper_refs = paper_gap(paper_rows)
 rows = []
 for row in paper_rows:
     mine = results.get(row["label"] or "", {})
+    own = means.get(scored.get(row["label"] or ""), {})  # the references of the tasks this method merged
     rows.append({"paper row": row["method"], "paper ACC": row["acc"], "paper BWT": row["bwt"],
                  "paper gap %": gap_share(row["acc"], paper_refs.get("pretrained"), paper_refs.get("individual")),
                  "run ACC": mine.get("acc"), "run BWT": mine.get("bwt"),
-                 "run gap %": gap_share(mine.get("acc"), means.get("pretrained"), means.get("individual"))})
-for name, value in means.items():
+                 "run gap %": gap_share(mine.get("acc"), own.get("pretrained"), own.get("individual"))})
+common = means.get(min(scored.values(), key=len), {})  # the tasks every method has merged
+for name, value in common.items():
     rows.append({"paper row": f"this backbone: {name}", "run ACC": value,
-                 "run gap %": gap_share(value, means.get("pretrained"), means.get("individual"))})
+                 "run gap %": gap_share(value, common.get("pretrained"), common.get("individual"))})
 st.markdown(f"**Table {'2 (Flan-T5)' if reference_backbone.startswith('flan') else '1'}**, "
             f"{'ViT-B/32 (qualitative reference)' if embedded else reference_backbone}, {reference_tasks} tasks:")
 numbers = ["paper ACC", "paper BWT", "paper gap %", "run ACC", "run BWT", "run gap %"]

@@ -14,13 +14,13 @@ from ..analysis.runs import CachedBackbone
 from ..backbones import EMBEDDED, get_backbone
 from ..backbones.base import Backbone, DelegatingBackbone, StateDict
 from ..merge import resolve_device
+from ..paper import PAPER_GROUPS
 from ..threads import ENV_THREADS, default_threads
 from ..zoo.config import default_preset
 
 ProgressFn = Callable[[str, float], None]
 BUILD_LOCK = threading.RLock()  # one build at a time: they compete for the same cores
 ProgressFn = Callable[[str, float], None]
-PAPER_GROUPS = (8, 14, 20)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,6 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from .backbones import PAPER_GROUPS
-
 # Claims of the paper's Table 1 that a run on any backbone can be checked against.
 QUALITATIVE_CLAIMS = (
     "NUFILT has the highest ACC of the continual methods",
@@ -83,9 +81,7 @@ def comparison_table(run: Mapping[str, Mapping[str, float]], paper_rows: Sequenc
 
 
 def reference_column(backbone: str, n_tasks: int) -> tuple[str, int]:
-    """The paper column a run is compared against: its own for CLIP/T5, ViT-B/32 for the rest."""
-    from ..paper import CLIP_COLUMNS, T5_BACKBONES
+    """The paper column a run is compared against (`nufilt.paper.reference_column`)."""
+    from ..paper import reference_column as column
 
-    if backbone in CLIP_COLUMNS or backbone in T5_BACKBONES:
-        return backbone, n_tasks
-    return "clip-vit-b32", n_tasks if n_tasks in PAPER_GROUPS else 8
+    return column(backbone, n_tasks)

@@ -87,6 +87,24 @@ def test_recovered_shares_set_a_run_beside_the_papers_column():
     assert all(row["paper_share"] is None for row in recovered_shares(result, "clip-vit-b32", 5))
 
 
+def test_recovered_shares_default_to_the_column_the_compare_page_uses():
+    tasks = [f"t{i}" for i in range(8)]
+    result = _result({"nufilt": 70.0}, dict.fromkeys(tasks, 50.0), dict.fromkeys(tasks, 90.0))
+    # a Flan-T5 run against Table 2 (pre-trained / individual spelled "Pre-trained" / "Individual")
+    t5 = {row["method"]: row["acc"] for row in paper_reference("flan-t5-base", 8)}
+    (row,) = recovered_shares(result | {"backbone": "flan-t5-base"})
+    assert row["paper_acc"] == t5["NUFILT (Ours)"]
+    assert row["paper_share"] == pytest.approx(
+        100 * (t5["NUFILT (Ours)"] - t5["Pre-trained"]) / (t5["Individual"] - t5["Pre-trained"]))
+    # a CLIP run against its own column: ViT-L/14 at 8 tasks (pre-trained 64.9, individual 94.3)
+    (row,) = recovered_shares(result | {"backbone": "clip-vit-l14"})
+    assert row["paper_share"] == pytest.approx(100 * (row["paper_acc"] - 64.9) / (94.3 - 64.9))
+    # the embedded zoo with 5 tasks: Table 1's ViT-B/32 column at 8 tasks, as on the Compare page
+    five = _result({"nufilt": 70.0}, dict.fromkeys(tasks[:5], 50.0), dict.fromkeys(tasks[:5], 90.0))
+    (row,) = recovered_shares(five | {"backbone": "tiny-vit"})
+    assert (row["paper_acc"], row["share"]) == (83.6, pytest.approx(50.0))
+
+
 def test_recovered_shares_name_what_is_wrong_with_the_input():
     with pytest.raises(TypeError, match="run's JSON"):
         recovered_shares("docs/results/tiny-vit-8.json")
