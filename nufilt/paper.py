@@ -156,7 +156,9 @@ def recovered_shares(result: Mapping, backbone: str | None = None, n_tasks: int 
     unsummarized = [label for label, summary in result["summary"].items() if "acc_mean" not in summary]
     if unsummarized:
         raise ValueError(f"result's summary has no acc_mean for {', '.join(unsummarized)}")
-    means = {row: sum(reference[row][task] for task in tasks) / len(tasks) for row in ("pretrained", "individual")}
+    from .evaluation import reference_summary  # (torch and the methods: only when called)
+
+    means = reference_summary({row: reference[row] for row in ("pretrained", "individual")}, tasks)
     default_backbone, default_tasks = reference_column(str(result.get("backbone", "")), len(tasks))
     paper_rows = paper_reference(default_backbone if backbone is None else backbone,
                                  default_tasks if n_tasks is None else n_tasks)

@@ -12,6 +12,7 @@ from ..analysis.affinity import vector_bases
 from ..backbones.base import DelegatingBackbone
 from ..evaluation import parse_order_indices
 from ..methods import COMMON_OPTIONS
+from ..paper import reference_column
 from .backbones import (
     BACKBONE_CHOICES,
     EVAL_BATCH,
@@ -28,7 +29,7 @@ from .backbones import (
     zoo_preset,
     zoo_ready,
 )
-from .compare import QUALITATIVE_CLAIMS, comparison_table, qualitative_checks, reference_column
+from .compare import QUALITATIVE_CLAIMS, comparison_table, qualitative_checks
 from .exports import export_safetensors, export_zip, save_to_folder
 from .geometry import default_pairs, ecdf_with_layers
 from .jobs import APP_WORKERS_ENV, CHEAP_PRESETS, RAY_WORTH_SECONDS, grid_workers

@@ -1,4 +1,5 @@
-"""The run against the paper: qualitative claims, the comparison table, the reference column."""
+"""The run against the paper: qualitative claims and the comparison table (the reference column:
+`nufilt.paper.reference_column`)."""
 
 from __future__ import annotations
 
@@ -78,10 +79,3 @@ def comparison_table(run: Mapping[str, Mapping[str, float]], paper_rows: Sequenc
                      "acc_std": values.get("acc_std"), "bwt": values["bwt"], "bwt_std": values.get("bwt_std")})
     return pd.DataFrame(rows, columns=["method", "source", "acc", "acc_std", "bwt", "bwt_std"]).astype(
         {"acc_std": float, "bwt_std": float, "bwt": float})
-
-
-def reference_column(backbone: str, n_tasks: int) -> tuple[str, int]:
-    """The paper column a run is compared against (`nufilt.paper.reference_column`)."""
-    from ..paper import reference_column as column
-
-    return column(backbone, n_tasks)
